@@ -1,0 +1,136 @@
+//! Errors: the rejection of an open breaker, and invalid configuration.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::State;
+
+/// The error returned when the breaker refuses a call.
+///
+/// The inner service is not called. It reaches callers as a
+/// [`tower::BoxError`]; find it with `error.is::<CircuitOpen>()` or
+/// `downcast_ref`.
+///
+/// ```
+/// # use tower_breaker::CircuitOpen;
+/// fn is_rejection(error: &tower::BoxError) -> bool {
+///     error.is::<CircuitOpen>()
+/// }
+/// # let _ = is_rejection;
+/// ```
+#[derive(Clone)]
+pub struct CircuitOpen {
+    inner: Arc<Rejection>,
+}
+
+struct Rejection {
+    service: Arc<str>,
+    state: State,
+    retry_after: Option<Duration>,
+}
+
+impl CircuitOpen {
+    pub(crate) fn new(service: Arc<str>, state: State, retry_after: Option<Duration>) -> Self {
+        CircuitOpen {
+            inner: Arc::new(Rejection {
+                service,
+                state,
+                retry_after,
+            }),
+        }
+    }
+
+    /// The name of the breaker that refused the call.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// The state the breaker was in: Open, HalfOpen (no probe permit left)
+    /// or ForcedOpen.
+    pub fn state(&self) -> State {
+        self.inner.state
+    }
+
+    /// How long until the breaker lets probes through, when known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+}
+
+impl fmt::Debug for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitOpen")
+            .field("service", &self.service())
+            .field("state", &self.state())
+            .field("retry_after", &self.retry_after())
+            .finish()
+    }
+}
+
+impl fmt::Display for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "circuit breaker `{}` is {}",
+            self.service(),
+            self.state().as_str().replace('_', "-")
+        )
+    }
+}
+
+impl std::error::Error for CircuitOpen {}
+
+/// The error of [`Builder::build`](crate::Builder::build): a setting is
+/// invalid. The message names the field.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The builder setting that is invalid.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigError")
+            .field("field", &self.field)
+            .field("reason", &self.reason)
+            .finish()
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid `{}`: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_lowercase_and_names_things() {
+        let e = CircuitOpen::new("payments".into(), State::HalfOpen, None);
+        assert_eq!(e.to_string(), "circuit breaker `payments` is half-open");
+        let boxed: tower::BoxError = Box::new(e);
+        assert!(boxed.is::<CircuitOpen>());
+        let c = ConfigError::new("failure_rate", "must be in (0, 1]");
+        assert_eq!(c.to_string(), "invalid `failure_rate`: must be in (0, 1]");
+    }
+}

@@ -1,0 +1,102 @@
+//! The breaker's response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower::BoxError;
+
+use crate::breaker::InFlight;
+use crate::classify::Classify;
+use crate::error::CircuitOpen;
+
+pin_project! {
+    /// The future of [`CircuitBreaker`](crate::CircuitBreaker): the inner
+    /// call being judged, or a rejection.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F, C>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, C> {
+        Called {
+            #[pin]
+            future: F,
+            call: Option<InFlight>,
+            classifier: C,
+        },
+        Rejected {
+            error: Option<CircuitOpen>,
+        },
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn called(future: F, call: InFlight, classifier: C) -> Self {
+        ResponseFuture {
+            kind: Kind::Called {
+                future,
+                call: Some(call),
+                classifier,
+            },
+        }
+    }
+
+    pub(crate) fn rejected(error: CircuitOpen) -> Self {
+        ResponseFuture {
+            kind: Kind::Rejected { error: Some(error) },
+        }
+    }
+}
+
+impl<F, C, Res, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    C: Classify<Res>,
+{
+    type Output = Result<C::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called {
+                future,
+                call,
+                classifier,
+            } => {
+                let result = ready!(future.poll(cx));
+                let call = call
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(match result {
+                    Ok(response) => Ok(classifier.classify_response(response, call)),
+                    Err(error) => {
+                        let error: BoxError = error.into();
+                        call.finish(classifier.classify_error(&*error));
+                        Err(error)
+                    }
+                })
+            }
+            KindProj::Rejected { error } => Poll::Ready(Err(Box::new(
+                error
+                    .take()
+                    .expect("ResponseFuture polled after completion"),
+            ))),
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Called { .. } => "called",
+            Kind::Rejected { .. } => "rejected",
+        };
+        f.debug_tuple("ResponseFuture").field(&kind).finish()
+    }
+}

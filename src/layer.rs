@@ -1,0 +1,472 @@
+//! The layer and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::breaker::{Breaker, StateHook};
+use crate::classify::{ClassifyErrorsWith, DefaultClassifier};
+use crate::clock::{duration_nanos, Clock};
+use crate::error::ConfigError;
+use crate::metrics::{BreakerMetrics, MetricsLevel, Names, ServiceLabel, DEFAULT_PREFIX};
+use crate::policy::Policy;
+use crate::state::{HalfOpen, Machine, MachineConfig, StateChange, MAX_PERMITS};
+use crate::window::{CountWindow, TimeWindow, Window};
+use crate::{Backoff, CircuitBreaker, CircuitBreakerHandle, State};
+
+/// The largest count window.
+pub const MAX_WINDOW_SIZE: usize = 1_000_000;
+
+/// A [`Layer`] that puts a circuit breaker in front of a service.
+///
+/// Every service this layer wraps shares one breaker: build one layer per
+/// upstream you want judged on its own (or use per-key breakers).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_breaker::{Backoff, CircuitBreakerLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// let layer = CircuitBreakerLayer::builder()
+///     .name("payments")
+///     .failure_rate(0.5)
+///     .minimum_calls(10)
+///     .count_window(50)
+///     .open_duration(Backoff::fixed(Duration::from_secs(10)))
+///     .build()?;
+/// let handle = layer.handle();
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(layer)
+///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x * 2) }));
+/// assert_eq!(svc.oneshot(21).await?, 42);
+/// assert_eq!(handle.state(), tower_breaker::State::Closed);
+/// # Ok(())
+/// # }
+/// ```
+pub struct CircuitBreakerLayer<C = DefaultClassifier> {
+    breaker: Arc<Breaker>,
+    classifier: C,
+}
+
+impl CircuitBreakerLayer {
+    /// A builder with the defaults: failure rate 50% over the last 100
+    /// calls, from 20 calls on; open for 30 s; 3 half-open probes.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// A handle to watch and steer the breaker.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::new(self.breaker.clone())
+    }
+}
+
+impl<C: Clone> Clone for CircuitBreakerLayer<C> {
+    fn clone(&self) -> Self {
+        CircuitBreakerLayer {
+            breaker: self.breaker.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for CircuitBreakerLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreaker<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker::from_parts(inner, self.breaker.clone(), self.classifier.clone())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum WindowConfig {
+    Count(usize),
+    Time { span: Duration, buckets: usize },
+}
+
+/// Configures a [`CircuitBreakerLayer`]. Setters take and return the builder;
+/// [`build`](Builder::build) checks everything and names the field at fault.
+///
+/// If no trip policy is set, the failure-rate policy applies at 50%. Once
+/// any policy is set, exactly the policies set apply, and the first to fire
+/// trips the breaker.
+pub struct Builder<C = DefaultClassifier> {
+    name: String,
+    consecutive_failures: Option<u32>,
+    failure_rate: Option<f64>,
+    slow_call_rate: Option<f64>,
+    slow_call_duration: Option<Duration>,
+    window: WindowConfig,
+    minimum_calls: u64,
+    half_open_permits: u32,
+    half_open_successes: Option<u32>,
+    max_half_open_wait: Option<Duration>,
+    backoff: Backoff,
+    retry_after_cap: Duration,
+    classifier: C,
+    clock: Clock,
+    prefix: String,
+    level: MetricsLevel,
+    hooks: Vec<StateHook>,
+}
+
+impl Builder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Builder {
+            name: "default".to_owned(),
+            consecutive_failures: None,
+            failure_rate: None,
+            slow_call_rate: None,
+            slow_call_duration: None,
+            window: WindowConfig::Count(100),
+            minimum_calls: 20,
+            half_open_permits: 3,
+            half_open_successes: None,
+            max_half_open_wait: None,
+            backoff: Backoff::default(),
+            retry_after_cap: Duration::from_secs(300),
+            classifier: DefaultClassifier,
+            clock: Clock::system(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            level: MetricsLevel::Full,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl<C> fmt::Debug for Builder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("failure_rate", &self.failure_rate)
+            .field("slow_call_rate", &self.slow_call_rate)
+            .field("slow_call_duration", &self.slow_call_duration)
+            .field("window", &self.window)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("half_open_permits", &self.half_open_permits)
+            .field("half_open_successes", &self.half_open_successes)
+            .field("max_half_open_wait", &self.max_half_open_wait)
+            .field("backoff", &self.backoff)
+            .field("clock", &self.clock)
+            .field("prefix", &self.prefix)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> Builder<C> {
+    /// The breaker's name: the `service` label of its metrics and the name
+    /// in its logs and errors.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Trip after `n` failures in a row.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = Some(n);
+        self
+    }
+
+    /// Trip when the failure rate over the window reaches `threshold`, in
+    /// `(0, 1]`.
+    pub fn failure_rate(mut self, threshold: f64) -> Self {
+        self.failure_rate = Some(threshold);
+        self
+    }
+
+    /// Trip when the share of calls taking at least `duration` reaches
+    /// `threshold`, in `(0, 1]`.
+    pub fn slow_call_rate(mut self, threshold: f64, duration: Duration) -> Self {
+        self.slow_call_rate = Some(threshold);
+        self.slow_call_duration = Some(duration);
+        self
+    }
+
+    /// Judge rates over the last `size` calls (the default, 100).
+    pub fn count_window(mut self, size: usize) -> Self {
+        self.window = WindowConfig::Count(size);
+        self
+    }
+
+    /// Judge rates over the last `span` of time, kept in `buckets` buckets.
+    pub fn time_window(mut self, span: Duration, buckets: usize) -> Self {
+        self.window = WindowConfig::Time { span, buckets };
+        self
+    }
+
+    /// Rates are judged only once the window holds this many calls.
+    pub fn minimum_calls(mut self, n: u64) -> Self {
+        self.minimum_calls = n;
+        self
+    }
+
+    /// How many probe calls half-open lets through.
+    pub fn half_open_permits(mut self, n: u32) -> Self {
+        self.half_open_permits = n;
+        self
+    }
+
+    /// How many probes must succeed to close (default: all permits).
+    pub fn half_open_successes(mut self, n: u32) -> Self {
+        self.half_open_successes = Some(n);
+        self
+    }
+
+    /// Reopen if the probes have not settled the matter within this time.
+    pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
+        self.max_half_open_wait = Some(wait);
+        self
+    }
+
+    /// How long to stay open.
+    pub fn open_duration(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest an upstream's `Retry-After` may keep the breaker open
+    /// (default 5 minutes).
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.retry_after_cap = cap;
+        self
+    }
+
+    /// Where the breaker reads the time (default: [`Clock::system`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The metric name prefix (default `circuit_breaker`).
+    pub fn metrics_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How much to report (default [`MetricsLevel::Full`]).
+    pub fn metrics_level(mut self, level: MetricsLevel) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// Runs `hook` after every transition, with the state before the counts
+    /// were reset. It runs on the thread that made the transition: keep it
+    /// short.
+    pub fn on_state_change(
+        mut self,
+        hook: impl Fn(&StateChange) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Decides outcomes with `classifier` instead.
+    pub fn classifier<C2>(self, classifier: C2) -> Builder<C2> {
+        self.map_classifier(|_| classifier)
+    }
+
+    /// Decides about the inner service's errors with a closure, keeping the
+    /// response classifier.
+    pub fn classify_errors_with<F>(self, f: F) -> Builder<ClassifyErrorsWith<C, F>>
+    where
+        F: Fn(&(dyn std::error::Error + 'static)) -> crate::Outcome + Clone + Send + Sync + 'static,
+    {
+        self.map_classifier(|inner| ClassifyErrorsWith::new(inner, f))
+    }
+
+    fn map_classifier<C2>(self, f: impl FnOnce(C) -> C2) -> Builder<C2> {
+        Builder {
+            name: self.name,
+            consecutive_failures: self.consecutive_failures,
+            failure_rate: self.failure_rate,
+            slow_call_rate: self.slow_call_rate,
+            slow_call_duration: self.slow_call_duration,
+            window: self.window,
+            minimum_calls: self.minimum_calls,
+            half_open_permits: self.half_open_permits,
+            half_open_successes: self.half_open_successes,
+            max_half_open_wait: self.max_half_open_wait,
+            backoff: self.backoff,
+            retry_after_cap: self.retry_after_cap,
+            classifier: f(self.classifier),
+            clock: self.clock,
+            prefix: self.prefix,
+            level: self.level,
+            hooks: self.hooks,
+        }
+    }
+
+    fn validate(&self) -> Result<(Policy, HalfOpen, Window), ConfigError> {
+        if self.name.trim().is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        let rate = |field: &'static str, v: Option<f64>| match v {
+            Some(v) if !(v > 0.0 && v <= 1.0) => {
+                Err(ConfigError::new(field, format!("must be in (0, 1], got {v}")))
+            }
+            _ => Ok(()),
+        };
+        rate("failure_rate", self.failure_rate)?;
+        rate("slow_call_rate", self.slow_call_rate)?;
+        if self.consecutive_failures == Some(0) {
+            return Err(ConfigError::new("consecutive_failures", "must be at least 1"));
+        }
+        if self.slow_call_duration.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::new("slow_call_duration", "must be greater than zero"));
+        }
+        if self.minimum_calls == 0 {
+            return Err(ConfigError::new("minimum_calls", "must be at least 1"));
+        }
+        let window = match self.window {
+            WindowConfig::Count(0) => {
+                return Err(ConfigError::new("count_window", "size must be at least 1"))
+            }
+            WindowConfig::Count(n) if n > MAX_WINDOW_SIZE => {
+                return Err(ConfigError::new(
+                    "count_window",
+                    format!("size must be at most {MAX_WINDOW_SIZE}, got {n}"),
+                ))
+            }
+            WindowConfig::Count(n) => {
+                if self.minimum_calls > n as u64 {
+                    return Err(ConfigError::new(
+                        "minimum_calls",
+                        format!(
+                            "must not exceed the window size ({n}), got {}",
+                            self.minimum_calls
+                        ),
+                    ));
+                }
+                Window::Count(CountWindow::new(n))
+            }
+            WindowConfig::Time { span, buckets } => {
+                if buckets == 0 || buckets > 10_000 {
+                    return Err(ConfigError::new(
+                        "time_window",
+                        format!("buckets must be in 1..=10000, got {buckets}"),
+                    ));
+                }
+                if duration_nanos(span) < buckets as u64 * 1_000_000 {
+                    return Err(ConfigError::new(
+                        "time_window",
+                        "span must give each bucket at least 1 ms",
+                    ));
+                }
+                Window::Time(TimeWindow::new(duration_nanos(span), buckets))
+            }
+        };
+        if self.half_open_permits == 0 || self.half_open_permits > MAX_PERMITS {
+            return Err(ConfigError::new(
+                "half_open_permits",
+                format!("must be in 1..={MAX_PERMITS}, got {}", self.half_open_permits),
+            ));
+        }
+        let successes = self.half_open_successes.unwrap_or(self.half_open_permits);
+        if successes == 0 || successes > self.half_open_permits {
+            return Err(ConfigError::new(
+                "half_open_successes",
+                format!(
+                    "must be in 1..=half_open_permits ({}), got {successes}",
+                    self.half_open_permits
+                ),
+            ));
+        }
+        if self.max_half_open_wait.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::new("max_half_open_wait", "must be greater than zero"));
+        }
+        self.backoff.validate()?;
+        if self.retry_after_cap.is_zero() {
+            return Err(ConfigError::new("retry_after_cap", "must be greater than zero"));
+        }
+        if !valid_metric_prefix(&self.prefix) {
+            return Err(ConfigError::new(
+                "metrics_prefix",
+                format!(
+                    "must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {:?}",
+                    self.prefix
+                ),
+            ));
+        }
+        let no_policy = self.consecutive_failures.is_none()
+            && self.failure_rate.is_none()
+            && self.slow_call_rate.is_none();
+        let policy = Policy {
+            consecutive_failures: self.consecutive_failures,
+            failure_rate: if no_policy { Some(0.5) } else { self.failure_rate },
+            slow_call_rate: self.slow_call_rate,
+            slow_call_duration: self.slow_call_duration.map(duration_nanos),
+            minimum_calls: self.minimum_calls,
+        };
+        let half_open = HalfOpen {
+            permits: self.half_open_permits,
+            successes,
+            max_wait: self.max_half_open_wait.map(duration_nanos),
+        };
+        Ok((policy, half_open, window))
+    }
+
+    /// Checks the settings and builds the layer.
+    pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
+        let (policy, half_open, window) = self.validate()?;
+        let timed = self.level == MetricsLevel::Full
+            || policy.slow_call_duration.is_some()
+            || window.needs_time();
+        let seed = self.clock.now() ^ (&policy as *const Policy as u64);
+        let machine = Machine::new(
+            MachineConfig {
+                policy,
+                half_open,
+                backoff: self.backoff,
+                retry_after_cap: self.retry_after_cap,
+            },
+            window,
+            seed,
+        );
+        let metrics = BreakerMetrics::new(
+            Arc::new(Names::new(&self.prefix)),
+            ServiceLabel::acquire(&self.name),
+            self.level,
+            |h| {
+                h.set_state(State::Closed);
+                h.error_rate.set(0.0);
+                h.slow_call_rate.set(0.0);
+                h.trip_risk.set(0.0);
+            },
+        );
+        let breaker = Breaker::new(machine, metrics, self.clock, timed, self.hooks);
+        Ok(CircuitBreakerLayer {
+            breaker: Arc::new(breaker),
+            classifier: self.classifier,
+        })
+    }
+}
+
+fn valid_metric_prefix(prefix: &str) -> bool {
+    let mut chars = prefix.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}

@@ -1,0 +1,89 @@
+//! A [tower] circuit breaker for service meshes, with first-class metrics.
+//!
+//! [`CircuitBreakerLayer`] wraps any [`tower::Service`] and runs the breaker
+//! state machine: **Closed** (requests flow), **Open** (requests are refused
+//! without reaching the inner service), **HalfOpen** (a few probes test the
+//! upstream), plus the overrides **Disabled**, **ForcedOpen** and
+//! **MetricsOnly** (shadow mode). See [`state`] for the machine.
+//!
+//! Every signal goes out through the [`metrics`](::metrics) facade: state,
+//! transitions, error and slow-call rates, requests, latency, rejections,
+//! failures by kind, recovery time. Whatever recorder you install collects
+//! them; the crate never installs one itself. The `prometheus` feature adds a
+//! helper that does, and a secured `/metrics` endpoint.
+//!
+//! # Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_breaker::{Backoff, CircuitBreakerLayer, CircuitOpen};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let breaker = CircuitBreakerLayer::builder()
+//!     .name("inventory")
+//!     .consecutive_failures(5)
+//!     .failure_rate(0.5)
+//!     .minimum_calls(20)
+//!     .open_duration(Backoff::exponential(Duration::from_secs(5), Duration::from_secs(120)))
+//!     .build()?;
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(breaker)
+//!     .service(service_fn(|req: String| async move { Ok::<_, std::io::Error>(req) }));
+//!
+//! match svc.oneshot("hello".to_owned()).await {
+//!     Ok(body) => assert_eq!(body, "hello"),
+//!     Err(e) if e.is::<CircuitOpen>() => { /* fail fast: the upstream is down */ }
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Outcomes
+//!
+//! By default an `Err` from the inner service is a failure and an `Ok` a
+//! success. A [`Classify`](classify::Classify) decides otherwise: for HTTP
+//! status codes, gRPC statuses in trailers, or your own rules.
+//!
+//! # Time
+//!
+//! The breaker reads time from a [`Clock`]: the system clock by default,
+//! [`Clock::tokio`] to follow `tokio::time::pause()` in tests, or
+//! [`Clock::manual`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod backoff;
+mod breaker;
+pub mod classify;
+mod clock;
+mod error;
+mod future;
+mod handle;
+mod layer;
+pub mod metrics;
+#[cfg(feature = "prometheus")]
+pub mod exporter;
+mod policy;
+mod service;
+pub mod state;
+mod window;
+
+pub use crate::backoff::Backoff;
+pub use crate::breaker::InFlight;
+pub use crate::classify::{FailureKind, Outcome};
+pub use crate::clock::{Clock, ManualClock};
+pub use crate::error::{CircuitOpen, ConfigError};
+pub use crate::future::ResponseFuture;
+pub use crate::handle::CircuitBreakerHandle;
+pub use crate::layer::{Builder, CircuitBreakerLayer, MAX_WINDOW_SIZE};
+pub use crate::metrics::MetricsLevel;
+pub use crate::service::CircuitBreaker;
+pub use crate::state::{Reason, Snapshot, State, StateChange};
+
+/// The error type of the breaker's service: the inner error, or [`CircuitOpen`].
+pub use tower::BoxError;

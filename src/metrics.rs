@@ -1,0 +1,516 @@
+//! Metric names, descriptions, labels, and cached handles.
+//!
+//! Every signal goes through the [`metrics`] facade, so whichever recorder is
+//! installed collects it. The breaker never installs one (see
+//! [`exporter`](crate::exporter) for the Prometheus helper).
+//!
+//! # Cached handles and late recorders
+//!
+//! Looking a metric up through the macros on every call costs a hash and a
+//! map probe per metric. The breaker resolves its handles once per recorder
+//! instead: on every call it asks the facade which recorder is current (a
+//! thread-local read and an atomic load) and compares that with the recorder
+//! its cached handles came from. They match on every call but the first after
+//! a change, so a recorder installed after the layer was built, or a
+//! `metrics::with_local_recorder` scope, gets fresh handles, the metric
+//! descriptions and the one-hot state gauge on the first call it sees.
+//!
+//! # Cardinality
+//!
+//! Labels are few and bounded: `service` comes from the breaker's name,
+//! sanitized (see [`sanitize_label`]) and counted against a process-wide cap
+//! ([`set_service_limit`]); past the cap new names share the value
+//! `__overflow__`. The other labels take values from fixed sets.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
+
+use crate::classify::{FailureKind, Outcome};
+use crate::state::{State, StateChange};
+
+/// The default metric name prefix.
+pub const DEFAULT_PREFIX: &str = "circuit_breaker";
+
+/// The `service` label value shared by names past the cap.
+pub const OVERFLOW_LABEL: &str = "__overflow__";
+
+/// The default cap on distinct `service` label values.
+pub const DEFAULT_SERVICE_LIMIT: usize = 1_000;
+
+/// How much a breaker reports.
+///
+/// | level | metrics |
+/// |---|---|
+/// | `Minimal` | state, transitions, requests |
+/// | `Standard` | and rejections, failures by kind, error and slow-call rates, recovery time, trip risk |
+/// | `Full` (default) | and the request-duration histogram |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MetricsLevel {
+    /// State, transitions and requests: a handful of series per service.
+    Minimal,
+    /// Everything but the request-duration histogram.
+    Standard,
+    /// Everything.
+    #[default]
+    Full,
+}
+
+static METADATA: Metadata<'static> = Metadata::new(
+    module_path!(),
+    metrics::Level::INFO,
+    Some(module_path!()),
+);
+
+/// Metric names under one prefix.
+#[derive(Debug)]
+pub(crate) struct Names {
+    pub(crate) state: SharedString,
+    pub(crate) transitions: SharedString,
+    pub(crate) error_rate: SharedString,
+    pub(crate) slow_call_rate: SharedString,
+    pub(crate) requests: SharedString,
+    pub(crate) duration: SharedString,
+    pub(crate) rejections: SharedString,
+    pub(crate) failures: SharedString,
+    pub(crate) recovery: SharedString,
+    pub(crate) trip_risk: SharedString,
+    pub(crate) dependency: SharedString,
+}
+
+impl Names {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let n = |suffix: &str| SharedString::from(format!("{prefix}_{suffix}"));
+        Names {
+            state: n("state"),
+            transitions: n("transitions_total"),
+            error_rate: n("error_rate"),
+            slow_call_rate: n("slow_call_rate"),
+            requests: n("requests_total"),
+            duration: n("request_duration_seconds"),
+            rejections: n("rejections_total"),
+            failures: n("failures_total"),
+            recovery: n("recovery_duration_seconds"),
+            trip_risk: n("trip_risk"),
+            dependency: n("dependency"),
+        }
+    }
+
+    /// Describes every metric to the current recorder.
+    pub(crate) fn describe(&self) {
+        use metrics::{describe_counter, describe_gauge, describe_histogram};
+        describe_gauge!(
+            self.state.clone(),
+            "Breaker state, one-hot: 1 for the current state, 0 for the others."
+        );
+        describe_counter!(
+            self.transitions.clone(),
+            Unit::Count,
+            "State transitions, by from, to and reason."
+        );
+        describe_gauge!(
+            self.error_rate.clone(),
+            "Failure ratio over the current window (0..1)."
+        );
+        describe_gauge!(
+            self.slow_call_rate.clone(),
+            "Slow-call ratio over the current window (0..1)."
+        );
+        describe_counter!(
+            self.requests.clone(),
+            Unit::Count,
+            "Requests seen by the breaker, by status: success, failure, ignored, rejected."
+        );
+        describe_histogram!(
+            self.duration.clone(),
+            Unit::Seconds,
+            "Time spent inside the inner service."
+        );
+        describe_counter!(
+            self.rejections.clone(),
+            Unit::Count,
+            "Requests refused, by the state that refused them (metrics_only: would have refused)."
+        );
+        describe_counter!(
+            self.failures.clone(),
+            Unit::Count,
+            "Failed requests, by kind."
+        );
+        describe_histogram!(
+            self.recovery.clone(),
+            Unit::Seconds,
+            "Time from leaving Closed to Closed again."
+        );
+        describe_gauge!(
+            self.trip_risk.clone(),
+            "How close the trip policies are to opening the breaker (0..1)."
+        );
+        describe_gauge!(
+            self.dependency.clone(),
+            "1 for each known caller to upstream edge."
+        );
+    }
+}
+
+/// Makes a label value safe and short: ASCII letters, digits and `_-.:/`
+/// are kept, anything else becomes `_`; at most 64 characters; empty becomes
+/// `unnamed`.
+///
+/// ```
+/// use tower_breaker::metrics::sanitize_label;
+/// assert_eq!(sanitize_label("payments-v2"), "payments-v2");
+/// assert_eq!(sanitize_label("a\"}\nb{"), "a___b_");
+/// assert_eq!(sanitize_label(""), "unnamed");
+/// ```
+pub fn sanitize_label(value: &str) -> String {
+    let clean: String = value
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "unnamed".to_owned()
+    } else {
+        clean
+    }
+}
+
+static SERVICE_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_SERVICE_LIMIT);
+
+fn registry() -> &'static Mutex<HashMap<Arc<str>, usize>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<Arc<str>, usize>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Sets the process-wide cap on distinct `service` label values (default
+/// 1,000). Names already in use keep their label.
+pub fn set_service_limit(limit: usize) {
+    SERVICE_LIMIT.store(limit, Ordering::Relaxed);
+}
+
+/// A `service` label value, counted against the cap while it lives.
+pub(crate) struct ServiceLabel {
+    value: Arc<str>,
+    counted: bool,
+}
+
+impl ServiceLabel {
+    /// Registers `name`, sanitized; past the cap, the overflow label.
+    pub(crate) fn acquire(name: &str) -> Self {
+        let clean: Arc<str> = sanitize_label(name).into();
+        let mut names = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, count)) = names.get_key_value(&clean).map(|(k, c)| (k.clone(), *c)) {
+            names.insert(key.clone(), count + 1);
+            return ServiceLabel {
+                value: key,
+                counted: true,
+            };
+        }
+        if names.len() >= SERVICE_LIMIT.load(Ordering::Relaxed) {
+            return ServiceLabel {
+                value: OVERFLOW_LABEL.into(),
+                counted: false,
+            };
+        }
+        names.insert(clean.clone(), 1);
+        ServiceLabel {
+            value: clean,
+            counted: true,
+        }
+    }
+
+    pub(crate) fn value(&self) -> &Arc<str> {
+        &self.value
+    }
+}
+
+impl Drop for ServiceLabel {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        let mut names = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = names.get_mut(&self.value) {
+            *count -= 1;
+            if *count == 0 {
+                names.remove(&self.value);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ServiceLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ServiceLabel").field(&self.value).finish()
+    }
+}
+
+/// The identity of the recorder the facade would use here and now.
+#[inline]
+fn current_recorder() -> usize {
+    metrics::with_recorder(|r| (r as *const dyn Recorder).cast::<()>() as usize)
+}
+
+const OUTCOMES: [&str; 3] = ["success", "failure", "ignored"];
+const REJECTING: [State; 4] = [
+    State::Open,
+    State::HalfOpen,
+    State::ForcedOpen,
+    State::MetricsOnly,
+];
+const FAILURE_SLOTS: usize = 32;
+
+/// Handles resolved against one recorder.
+pub(crate) struct Handles {
+    recorder: usize,
+    level: MetricsLevel,
+    service: SharedString,
+    failures_name: SharedString,
+    requests: [Counter; 3],
+    rejected: Counter,
+    duration: [Histogram; 3],
+    rejections: [Counter; 4],
+    state: [Gauge; 6],
+    pub(crate) error_rate: Gauge,
+    pub(crate) slow_call_rate: Gauge,
+    pub(crate) trip_risk: Gauge,
+    recovery: Histogram,
+    failures: [OnceLock<(&'static str, Counter)>; FAILURE_SLOTS],
+}
+
+impl fmt::Debug for Handles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handles")
+            .field("service", &self.service)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handles {
+    fn resolve(recorder: usize, names: &Names, service: &Arc<str>, level: MetricsLevel) -> Self {
+        let service = SharedString::from(service.clone());
+        let with = |extra: &[(&'static str, &'static str)]| -> Vec<Label> {
+            let mut labels = vec![Label::new("service", service.clone())];
+            labels.extend(extra.iter().map(|(k, v)| Label::from_static_parts(k, v)));
+            labels
+        };
+        let on = |min: MetricsLevel| level >= min;
+        metrics::with_recorder(|r| {
+            let counter = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
+                if on(min) {
+                    r.register_counter(&Key::from_parts(name.clone(), with(extra)), &METADATA)
+                } else {
+                    Counter::noop()
+                }
+            };
+            let gauge = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
+                if on(min) {
+                    r.register_gauge(&Key::from_parts(name.clone(), with(extra)), &METADATA)
+                } else {
+                    Gauge::noop()
+                }
+            };
+            let histogram = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
+                if on(min) {
+                    r.register_histogram(&Key::from_parts(name.clone(), with(extra)), &METADATA)
+                } else {
+                    Histogram::noop()
+                }
+            };
+            use MetricsLevel::*;
+            Handles {
+                recorder,
+                level,
+                service: service.clone(),
+                failures_name: names.failures.clone(),
+                requests: OUTCOMES.map(|s| counter(&names.requests, &[("status", s)], Minimal)),
+                rejected: counter(&names.requests, &[("status", "rejected")], Minimal),
+                duration: OUTCOMES.map(|s| histogram(&names.duration, &[("status", s)], Full)),
+                rejections: REJECTING
+                    .map(|s| counter(&names.rejections, &[("state", s.as_str())], Standard)),
+                state: State::ALL.map(|s| gauge(&names.state, &[("state", s.as_str())], Minimal)),
+                error_rate: gauge(&names.error_rate, &[], Standard),
+                slow_call_rate: gauge(&names.slow_call_rate, &[], Standard),
+                trip_risk: gauge(&names.trip_risk, &[], Standard),
+                recovery: histogram(&names.recovery, &[], Standard),
+                failures: std::array::from_fn(|_| OnceLock::new()),
+            }
+        })
+    }
+
+    /// Counts a finished call and its time inside the inner service.
+    #[inline]
+    pub(crate) fn finished(&self, outcome: Outcome, seconds: f64) {
+        let i = match outcome {
+            Outcome::Success => 0,
+            Outcome::Failure(kind) => {
+                self.failure(kind);
+                1
+            }
+            Outcome::Ignored => 2,
+        };
+        self.requests[i].increment(1);
+        if self.level == MetricsLevel::Full {
+            self.duration[i].record(seconds);
+        }
+    }
+
+    /// Counts a refused call.
+    pub(crate) fn rejected(&self, state: State) {
+        self.rejected.increment(1);
+        if let Some(i) = REJECTING.iter().position(|s| *s == state) {
+            self.rejections[i].increment(1);
+        }
+    }
+
+    /// Counts a call let through only by shadow mode.
+    pub(crate) fn shadow_rejected(&self) {
+        self.rejections[3].increment(1);
+    }
+
+    fn failure(&self, kind: FailureKind) {
+        if self.level < MetricsLevel::Standard {
+            return;
+        }
+        let name = kind.as_str();
+        let start = (name.as_ptr() as usize >> 3) % FAILURE_SLOTS;
+        for probe in 0..FAILURE_SLOTS {
+            let slot = &self.failures[(start + probe) % FAILURE_SLOTS];
+            let (cached, counter) = slot.get_or_init(|| (name, self.failure_counter(name)));
+            if std::ptr::eq(*cached, name) || *cached == name {
+                counter.increment(1);
+                return;
+            }
+        }
+        // More kinds than slots: look this one up each time.
+        self.failure_counter(name).increment(1);
+    }
+
+    fn failure_counter(&self, kind: &'static str) -> Counter {
+        let labels = vec![
+            Label::new("service", self.service.clone()),
+            Label::from_static_parts("kind", kind),
+        ];
+        let key = Key::from_parts(self.failures_name.clone(), labels);
+        metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
+    }
+
+    /// Sets the one-hot state gauge.
+    pub(crate) fn set_state(&self, current: State) {
+        for (gauge, state) in self.state.iter().zip(State::ALL) {
+            gauge.set(if state == current { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Records a recovery time.
+    pub(crate) fn recovered(&self, seconds: f64) {
+        self.recovery.record(seconds);
+    }
+}
+
+/// One breaker's metrics: names, label, and handles cached per recorder.
+pub(crate) struct BreakerMetrics {
+    names: Arc<Names>,
+    service: ServiceLabel,
+    level: MetricsLevel,
+    cache: ArcSwap<Handles>,
+}
+
+impl fmt::Debug for BreakerMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerMetrics")
+            .field("service", &self.service)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The handles of the current recorder, borrowed for one call.
+pub(crate) type HandlesGuard = arc_swap::Guard<Arc<Handles>>;
+
+impl BreakerMetrics {
+    /// Resolves handles against the current recorder and runs `fresh` on them.
+    pub(crate) fn new(
+        names: Arc<Names>,
+        service: ServiceLabel,
+        level: MetricsLevel,
+        fresh: impl FnOnce(&Handles),
+    ) -> Self {
+        names.describe();
+        let handles = Handles::resolve(current_recorder(), &names, service.value(), level);
+        fresh(&handles);
+        BreakerMetrics {
+            names,
+            service,
+            level,
+            cache: ArcSwap::from_pointee(handles),
+        }
+    }
+
+    pub(crate) fn service(&self) -> &Arc<str> {
+        self.service.value()
+    }
+
+    pub(crate) fn level(&self) -> MetricsLevel {
+        self.level
+    }
+
+    /// The handles for the current recorder; `fresh` runs once for each
+    /// recorder first seen, to set gauges that must exist from the start.
+    #[inline]
+    pub(crate) fn handles(&self, fresh: impl FnOnce(&Handles)) -> HandlesGuard {
+        let recorder = current_recorder();
+        let cached = self.cache.load();
+        if cached.recorder == recorder {
+            return cached;
+        }
+        drop(cached);
+        self.names.describe();
+        let handles = Handles::resolve(recorder, &self.names, self.service.value(), self.level);
+        fresh(&handles);
+        self.cache.store(Arc::new(handles));
+        self.cache.load()
+    }
+
+    /// Counts a transition (cold path: looked up each time).
+    pub(crate) fn transition(&self, change: &StateChange) {
+        let labels = vec![
+            Label::new("service", SharedString::from(self.service.value().clone())),
+            Label::from_static_parts("from", change.from.as_str()),
+            Label::from_static_parts("to", change.to.as_str()),
+            Label::from_static_parts("reason", change.reason.as_str()),
+        ];
+        let key = Key::from_parts(self.names.transitions.clone(), labels);
+        metrics::with_recorder(|r| r.register_counter(&key, &METADATA)).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_label_values_are_neutralised() {
+        assert_eq!(sanitize_label("svc\"} 1\n# HELP"), "svc___1___HELP");
+        assert_eq!(sanitize_label(&"x".repeat(500)).len(), 64);
+        assert_eq!(sanitize_label("é"), "_");
+    }
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let names = Names::new("edge");
+        assert_eq!(&*names.requests, "edge_requests_total");
+        assert_eq!(&*names.duration, "edge_request_duration_seconds");
+    }
+}

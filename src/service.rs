@@ -1,0 +1,138 @@
+//! The breaker's service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::BoxError;
+use tower_service::Service;
+
+use crate::breaker::{Breaker, Pending};
+use crate::classify::{Classify, DefaultClassifier};
+use crate::future::ResponseFuture;
+use crate::CircuitBreakerHandle;
+
+/// A service behind a circuit breaker. Made by [`CircuitBreakerLayer`].
+///
+/// The decision to let a call through is taken in `poll_ready`: while the
+/// breaker refuses, `poll_ready` is ready at once without polling the inner
+/// service, and the next `call` fails with [`CircuitOpen`] without calling
+/// it. Clones share the breaker; each clone holds its own readiness.
+///
+/// [`CircuitBreakerLayer`]: crate::CircuitBreakerLayer
+/// [`CircuitOpen`]: crate::CircuitOpen
+///
+/// ```
+/// use tower::{service_fn, Layer, ServiceExt};
+/// use tower_breaker::{CircuitBreakerLayer, CircuitOpen};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = CircuitBreakerLayer::builder().name("doc-service").build().unwrap();
+/// let svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>("pong") }));
+/// svc.handle().force_open();
+/// let err = svc.oneshot(()).await.unwrap_err();
+/// assert!(err.is::<CircuitOpen>());
+/// # }
+/// ```
+pub struct CircuitBreaker<S, C = DefaultClassifier> {
+    inner: S,
+    breaker: Arc<Breaker>,
+    classifier: C,
+    pending: Option<Pending>,
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    pub(crate) fn from_parts(inner: S, breaker: Arc<Breaker>, classifier: C) -> Self {
+        CircuitBreaker {
+            inner,
+            breaker,
+            classifier,
+            pending: None,
+        }
+    }
+
+    /// A handle to watch and steer the breaker.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::new(self.breaker.clone())
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped. A probe permit held by this service is
+    /// given back.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+    fn clone(&self) -> Self {
+        // Readiness belongs to one instance: a clone starts unready.
+        CircuitBreaker {
+            inner: self.inner.clone(),
+            breaker: self.breaker.clone(),
+            classifier: self.classifier.clone(),
+            pending: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let pending = match &mut self.pending {
+            Some(pending) => pending,
+            none => none.insert(self.breaker.admit()),
+        };
+        match pending {
+            Pending::Refuse(_) => Poll::Ready(Ok(())),
+            Pending::Call(_) => match self.inner.poll_ready(cx) {
+                Poll::Ready(Err(e)) => {
+                    self.pending = None;
+                    Poll::Ready(Err(e.into()))
+                }
+                other => other.map_err(Into::into),
+            },
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        // Called without poll_ready: decide now, and leave the inner
+        // service's readiness contract to the inner service.
+        let pending = self.pending.take().unwrap_or_else(|| self.breaker.admit());
+        match pending {
+            Pending::Refuse(error) => ResponseFuture::rejected(error),
+            Pending::Call(mut call) => {
+                call.start();
+                let future = self.inner.call(req);
+                ResponseFuture::called(future, call, self.classifier.clone())
+            }
+        }
+    }
+}

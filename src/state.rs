@@ -1,0 +1,654 @@
+//! The breaker's state machine.
+//!
+//! ```text
+//!              trip (a policy fires)
+//!   ┌────────┐ ───────────────────────► ┌──────┐
+//!   │ Closed │                          │ Open │ ◄──┐ probe failed,
+//!   └────────┘ ◄───────┐                └──────┘    │ max wait elapsed
+//!        ▲             │ M probes         │         │
+//!        │             │ succeeded        │ open duration elapsed
+//!        │          ┌──────────┐ ◄────────┘         │
+//!        │          │ HalfOpen │ ───────────────────┘
+//!        │          └──────────┘
+//!        └── force_closed() / reset() from anywhere
+//!
+//!   Overrides, set by hand:   Disabled     every call passes, nothing is judged
+//!                             ForcedOpen   every call is refused
+//!                             MetricsOnly  every call passes; the machine runs
+//!                                          in the shadow and counts what it
+//!                                          would have refused
+//! ```
+//!
+//! **Closed** means requests flow: outcomes feed the window and the policies
+//! decide when to trip. **Open** refuses calls without touching the inner
+//! service until the open duration (see [`Backoff`](crate::Backoff)) has
+//! elapsed. **HalfOpen** admits exactly `N` probe calls, however many callers
+//! race for them: the first failure reopens, `M` successes close. A probe
+//! that is dropped, or says nothing ([`Outcome::Ignored`]), gives its permit
+//! back.
+//!
+//! Everything the hot path reads lives in one atomic word: the state, the
+//! override, the half-open permit and success counts, and an epoch that every
+//! transition bumps. A call remembers the epoch it was admitted in; its
+//! outcome counts only if the epoch has not moved on, so a slow call that
+//! started while Closed cannot reopen a breaker that has since recovered.
+//! Transitions themselves are rare and take a lock; admission and recording
+//! never do. The machine takes the time as an argument and does no I/O: it
+//! tells an [`Observer`] about transitions, and the caller turns those into
+//! metrics, logs and hooks.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::backoff::{hint_nanos, Backoff, Jitter};
+use crate::classify::Outcome;
+use crate::policy::Policy;
+use crate::window::{Counts, Sample, Window};
+
+/// The state of a breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Requests flow; outcomes are judged.
+    Closed,
+    /// Requests are refused until the open duration elapses.
+    Open,
+    /// A limited number of probe requests test the upstream.
+    HalfOpen,
+    /// Set by hand: every request flows, nothing is judged.
+    Disabled,
+    /// Set by hand: every request is refused.
+    ForcedOpen,
+    /// Set by hand (shadow mode): every request flows, the machine runs in the
+    /// shadow and counts the requests it would have refused.
+    MetricsOnly,
+}
+
+impl State {
+    /// Every state, in gauge order.
+    pub const ALL: [State; 6] = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::Disabled,
+        State::ForcedOpen,
+        State::MetricsOnly,
+    ];
+
+    /// The state's label value: `closed`, `open`, `half_open`, `disabled`,
+    /// `forced_open`, `metrics_only`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::Disabled => "disabled",
+            State::ForcedOpen => "forced_open",
+            State::MetricsOnly => "metrics_only",
+        }
+    }
+}
+
+/// Why a transition happened; the `reason` label of `transitions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The consecutive-failures policy fired.
+    ConsecutiveFailures,
+    /// The failure-rate policy fired.
+    FailureRate,
+    /// The slow-call-rate policy fired.
+    SlowCallRate,
+    /// A half-open probe failed.
+    ProbeFailed,
+    /// Enough half-open probes succeeded.
+    ProbeSucceeded,
+    /// The open duration elapsed.
+    TimeoutElapsed,
+    /// The breaker waited too long in half-open for its probes.
+    MaxWaitElapsed,
+    /// Someone called the handle.
+    Manual,
+}
+
+impl Reason {
+    /// The reason's label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::ConsecutiveFailures => "consecutive_failures",
+            Reason::FailureRate => "failure_rate",
+            Reason::SlowCallRate => "slow_call_rate",
+            Reason::ProbeFailed => "probe_failed",
+            Reason::ProbeSucceeded => "probe_succeeded",
+            Reason::TimeoutElapsed => "timeout_elapsed",
+            Reason::MaxWaitElapsed => "max_wait_elapsed",
+            Reason::Manual => "manual",
+        }
+    }
+}
+
+/// A point-in-time view of a breaker.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The state the breaker reports.
+    pub state: State,
+    /// The state of the machine underneath: differs from `state` under an
+    /// override (in MetricsOnly, the shadow state).
+    pub machine_state: State,
+    /// Calls in the window.
+    pub calls: u64,
+    /// Failed calls in the window.
+    pub failures: u64,
+    /// Slow calls in the window.
+    pub slow_calls: u64,
+    /// `failures / calls` over the window.
+    pub failure_rate: f64,
+    /// `slow_calls / calls` over the window.
+    pub slow_call_rate: f64,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Half-open probes admitted in this half-open period.
+    pub half_open_probes: u32,
+    /// Half-open probes that succeeded in this half-open period.
+    pub half_open_successes: u32,
+    /// Calls refused since construction or the last reset.
+    pub rejected: u64,
+    /// Calls the shadow machine would have refused (MetricsOnly).
+    pub shadow_rejected: u64,
+    /// Time left before probes are let through, when Open.
+    pub open_remaining: Option<Duration>,
+    /// How close the policies are to tripping, `0..=1`.
+    pub trip_risk: f64,
+}
+
+/// A transition, as hooks see it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct StateChange {
+    /// The state before.
+    pub from: State,
+    /// The state after.
+    pub to: State,
+    /// Why.
+    pub reason: Reason,
+    /// The breaker as it was just before the transition, before its counts
+    /// were reset.
+    pub snapshot: Snapshot,
+    /// Whether this happened in the shadow machine of MetricsOnly mode.
+    pub shadow: bool,
+    /// When returning to Closed: the time since the breaker left Closed.
+    pub recovery: Option<Duration>,
+    /// When opening: how long the breaker stays open.
+    pub open_for: Option<Duration>,
+}
+
+/// Told about every transition.
+pub(crate) trait Observer {
+    /// Called with the transition lock held: keep it short (metrics).
+    fn on_transition_locked(&self, change: &StateChange);
+    /// Called after the lock is released (logs, user hooks).
+    fn on_transition(&self, change: StateChange);
+}
+
+// The state word: | epoch:24 | successes:16 | admitted:16 | unused:4 | mode:2 | machine:2 |
+const MACHINE_MASK: u64 = 0b11;
+const MODE_SHIFT: u64 = 2;
+const ADMITTED_SHIFT: u64 = 8;
+const SUCCESSES_SHIFT: u64 = 24;
+const EPOCH_SHIFT: u64 = 40;
+const COUNT_MASK: u64 = 0xFFFF;
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+
+const NORMAL: u64 = 0;
+const DISABLED: u64 = 1;
+const FORCED_OPEN: u64 = 2;
+const METRICS_ONLY: u64 = 3;
+
+/// The largest number of half-open permits the state word can count.
+pub(crate) const MAX_PERMITS: u32 = COUNT_MASK as u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Word(u64);
+
+impl Word {
+    fn new(machine: u64, mode: u64, epoch: u32) -> Self {
+        Word(machine | mode << MODE_SHIFT | u64::from(epoch) << EPOCH_SHIFT)
+    }
+    fn machine(self) -> u64 {
+        self.0 & MACHINE_MASK
+    }
+    fn mode(self) -> u64 {
+        (self.0 >> MODE_SHIFT) & 0b11
+    }
+    fn admitted(self) -> u32 {
+        ((self.0 >> ADMITTED_SHIFT) & COUNT_MASK) as u32
+    }
+    fn successes(self) -> u32 {
+        ((self.0 >> SUCCESSES_SHIFT) & COUNT_MASK) as u32
+    }
+    fn epoch(self) -> u32 {
+        (self.0 >> EPOCH_SHIFT) as u32
+    }
+    fn machine_state(self) -> State {
+        match self.machine() {
+            CLOSED => State::Closed,
+            OPEN => State::Open,
+            _ => State::HalfOpen,
+        }
+    }
+    fn state(self) -> State {
+        match self.mode() {
+            DISABLED => State::Disabled,
+            FORCED_OPEN => State::ForcedOpen,
+            METRICS_ONLY => State::MetricsOnly,
+            _ => self.machine_state(),
+        }
+    }
+}
+
+/// What a transition moves to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Closed,
+    Open,
+    HalfOpen,
+    Disabled,
+    ForcedOpen,
+    MetricsOnly,
+    Reset,
+}
+
+/// Permission for one call, remembered until its outcome is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    epoch: u32,
+    /// A half-open probe holding a permit.
+    probe: bool,
+    /// Whether the outcome feeds the machine.
+    judged: bool,
+}
+
+/// The machine's answer to "may this call go through?".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Permitted(Ticket),
+    /// Let through only because the breaker is in shadow mode.
+    Shadow(Ticket),
+    Rejected {
+        state: State,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Half-open settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HalfOpen {
+    pub(crate) permits: u32,
+    pub(crate) successes: u32,
+    pub(crate) max_wait: Option<u64>,
+}
+
+/// Settings of the machine.
+#[derive(Clone, Debug)]
+pub(crate) struct MachineConfig {
+    pub(crate) policy: Policy,
+    pub(crate) half_open: HalfOpen,
+    pub(crate) backoff: Backoff,
+    pub(crate) retry_after_cap: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Episode {
+    /// Opens in a row without closing: the backoff attempt.
+    attempt: u32,
+    /// When the breaker last left Closed for Open or ForcedOpen.
+    left_closed_at: Option<u64>,
+}
+
+/// The state machine. Methods take `now` in nanoseconds.
+#[derive(Debug)]
+pub(crate) struct Machine {
+    word: AtomicU64,
+    open_until: AtomicU64,
+    phase_since: AtomicU64,
+    consecutive: AtomicU32,
+    hint: AtomicU64,
+    rejected: AtomicU64,
+    shadow_rejected: AtomicU64,
+    window: Window,
+    config: MachineConfig,
+    jitter: Jitter,
+    episode: Mutex<Episode>,
+}
+
+impl Machine {
+    pub(crate) fn new(config: MachineConfig, window: Window, seed: u64) -> Self {
+        Machine {
+            word: AtomicU64::new(Word::new(CLOSED, NORMAL, 0).0),
+            open_until: AtomicU64::new(0),
+            phase_since: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            hint: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            shadow_rejected: AtomicU64::new(0),
+            window,
+            config,
+            jitter: Jitter::new(seed),
+            episode: Mutex::new(Episode::default()),
+        }
+    }
+
+    fn load(&self) -> Word {
+        Word(self.word.load(Ordering::Acquire))
+    }
+
+    /// The state the breaker reports.
+    #[inline]
+    pub(crate) fn state(&self) -> State {
+        self.load().state()
+    }
+
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn window(&self) -> &Window {
+        &self.window
+    }
+
+    pub(crate) fn policy(&self) -> &Policy {
+        &self.config.policy
+    }
+
+    /// Decides whether a call may go through. `now` is read only if needed.
+    pub(crate) fn admit(&self, now: impl Fn() -> u64, obs: &dyn Observer) -> Admission {
+        loop {
+            let w = self.load();
+            let epoch = w.epoch();
+            let mut ticket = Ticket {
+                epoch,
+                probe: false,
+                judged: true,
+            };
+            match w.mode() {
+                DISABLED => {
+                    ticket.judged = false;
+                    return Admission::Permitted(ticket);
+                }
+                FORCED_OPEN => {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Admission::Rejected {
+                        state: State::ForcedOpen,
+                        retry_after: None,
+                    };
+                }
+                _ => {}
+            }
+            let shadow = w.mode() == METRICS_ONLY;
+            let refused = |state: State, retry_after: Option<Duration>| {
+                if shadow {
+                    self.shadow_rejected.fetch_add(1, Ordering::Relaxed);
+                    Admission::Shadow(Ticket {
+                        epoch,
+                        probe: false,
+                        judged: false,
+                    })
+                } else {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    Admission::Rejected { state, retry_after }
+                }
+            };
+            match w.machine() {
+                CLOSED => return Admission::Permitted(ticket),
+                OPEN => {
+                    let now = now();
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now >= until {
+                        self.transition(Some(epoch), Target::HalfOpen, Reason::TimeoutElapsed, now, obs);
+                        continue;
+                    }
+                    return refused(State::Open, Some(Duration::from_nanos(until - now)));
+                }
+                _ => {
+                    if let Some(max_wait) = self.config.half_open.max_wait {
+                        let now = now();
+                        let since = self.phase_since.load(Ordering::Acquire);
+                        if now.saturating_sub(since) >= max_wait {
+                            self.transition(Some(epoch), Target::Open, Reason::MaxWaitElapsed, now, obs);
+                            continue;
+                        }
+                    }
+                    if w.admitted() >= self.config.half_open.permits {
+                        return refused(State::HalfOpen, None);
+                    }
+                    let next = w.0 + (1 << ADMITTED_SHIFT);
+                    if self
+                        .word
+                        .compare_exchange(w.0, next, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        ticket.probe = true;
+                        return Admission::Permitted(ticket);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a call's outcome. Returns whether the window's totals changed.
+    pub(crate) fn record(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        elapsed: u64,
+        now: u64,
+        obs: &dyn Observer,
+    ) -> bool {
+        if !ticket.judged {
+            return false;
+        }
+        let w = self.load();
+        if w.epoch() != ticket.epoch {
+            return false;
+        }
+        let slow = self.config.policy.is_slow(elapsed);
+        if ticket.probe {
+            self.record_probe(ticket, outcome, slow, now, obs);
+            return false;
+        }
+        if w.machine() != CLOSED {
+            return false;
+        }
+        let (failure, consecutive) = match outcome {
+            Outcome::Ignored => return false,
+            Outcome::Success => {
+                if self.consecutive.load(Ordering::Relaxed) != 0 {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                }
+                (false, 0)
+            }
+            Outcome::Failure(_) => (true, self.consecutive.fetch_add(1, Ordering::AcqRel) + 1),
+        };
+        let changed = self.window.record(Sample { failure, slow }, now);
+        if failure || slow {
+            let counts = self.window.counts(now);
+            if let Some(reason) = self.config.policy.evaluate(&counts, consecutive) {
+                self.transition(Some(ticket.epoch), Target::Open, reason, now, obs);
+            }
+        }
+        changed
+    }
+
+    fn record_probe(&self, ticket: Ticket, outcome: Outcome, slow: bool, now: u64, obs: &dyn Observer) {
+        match outcome {
+            Outcome::Ignored => self.release(ticket),
+            Outcome::Failure(_) => {
+                self.transition(Some(ticket.epoch), Target::Open, Reason::ProbeFailed, now, obs);
+            }
+            Outcome::Success if slow => {
+                self.transition(Some(ticket.epoch), Target::Open, Reason::ProbeFailed, now, obs);
+            }
+            Outcome::Success => {
+                let bumped = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    let w = Word(w);
+                    (w.epoch() == ticket.epoch && w.successes() < MAX_PERMITS)
+                        .then_some(w.0 + (1 << SUCCESSES_SHIFT))
+                });
+                if let Ok(before) = bumped {
+                    if Word(before).successes() + 1 >= self.config.half_open.successes {
+                        self.transition(Some(ticket.epoch), Target::Closed, Reason::ProbeSucceeded, now, obs);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives a probe permit back, if its half-open period is still current.
+    pub(crate) fn release(&self, ticket: Ticket) {
+        if !ticket.probe {
+            return;
+        }
+        let _ = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            let w = Word(w);
+            (w.epoch() == ticket.epoch && w.admitted() > 0).then_some(w.0 - (1 << ADMITTED_SHIFT))
+        });
+    }
+
+    /// Remembers a server's hint (Retry-After) for the next open duration.
+    pub(crate) fn hint(&self, retry_after: Duration) {
+        let nanos = hint_nanos(retry_after, self.config.retry_after_cap).max(1);
+        self.hint.store(nanos, Ordering::Release);
+    }
+
+    /// Moves the machine, unless `expect` is given and the epoch has moved on.
+    /// Returns whether this call made the transition.
+    pub(crate) fn transition(
+        &self,
+        expect: Option<u32>,
+        target: Target,
+        reason: Reason,
+        now: u64,
+        obs: &dyn Observer,
+    ) -> bool {
+        let change = {
+            let mut episode = self.episode.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = self.load();
+            if expect.is_some_and(|e| e != w.epoch()) {
+                return false;
+            }
+            let snapshot = self.snapshot_of(w, now);
+            let (machine, mode) = match target {
+                Target::Closed | Target::Reset => (CLOSED, NORMAL),
+                Target::Open => (OPEN, w.mode()),
+                Target::HalfOpen => (HALF_OPEN, w.mode()),
+                Target::Disabled => (w.machine(), DISABLED),
+                Target::ForcedOpen => (w.machine(), FORCED_OPEN),
+                Target::MetricsOnly => (CLOSED, METRICS_ONLY),
+            };
+            let mut open_for = None;
+            if target == Target::Open {
+                let backoff = self.config.backoff.duration(episode.attempt, || self.jitter.next());
+                let hint = Duration::from_nanos(self.hint.swap(0, Ordering::AcqRel));
+                let d = backoff.max(hint);
+                episode.attempt = episode.attempt.saturating_add(1);
+                self.open_until
+                    .store(now.saturating_add(crate::clock::duration_nanos(d)), Ordering::Release);
+                open_for = Some(d);
+            }
+            if machine == CLOSED
+                && (w.machine() != CLOSED
+                    || matches!(target, Target::Closed | Target::Reset | Target::MetricsOnly))
+            {
+                self.window.clear();
+                self.consecutive.store(0, Ordering::Release);
+                self.hint.store(0, Ordering::Release);
+                episode.attempt = 0;
+            }
+            if target == Target::Reset {
+                episode.left_closed_at = None;
+                self.rejected.store(0, Ordering::Release);
+                self.shadow_rejected.store(0, Ordering::Release);
+            }
+            self.phase_since.store(now, Ordering::Release);
+            // Only permit and success counts change outside the lock, and they
+            // are reset here, so retry until the word is ours.
+            let next = loop {
+                let next = Word::new(machine, mode, w.epoch().wrapping_add(1) & 0xFF_FFFF);
+                match self
+                    .word
+                    .compare_exchange(w.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => break next,
+                    Err(actual) => w = Word(actual),
+                }
+            };
+            let shadow = w.mode() == METRICS_ONLY && next.mode() == METRICS_ONLY;
+            let (from, to) = if shadow {
+                (w.machine_state(), next.machine_state())
+            } else {
+                (w.state(), next.state())
+            };
+            let mut recovery = None;
+            if !shadow {
+                if matches!(to, State::Open | State::ForcedOpen) && episode.left_closed_at.is_none() {
+                    episode.left_closed_at = Some(now);
+                }
+                if to == State::Closed {
+                    recovery = episode
+                        .left_closed_at
+                        .take()
+                        .map(|at| Duration::from_nanos(now.saturating_sub(at)));
+                }
+            }
+            let change = StateChange {
+                from,
+                to,
+                reason,
+                snapshot,
+                shadow,
+                recovery,
+                open_for,
+            };
+            obs.on_transition_locked(&change);
+            change
+        };
+        obs.on_transition(change);
+        true
+    }
+
+    /// A snapshot at `now`.
+    pub(crate) fn snapshot(&self, now: u64) -> Snapshot {
+        self.snapshot_of(self.load(), now)
+    }
+
+    fn snapshot_of(&self, w: Word, now: u64) -> Snapshot {
+        let counts: Counts = self.window.counts(now);
+        let consecutive = self.consecutive.load(Ordering::Acquire);
+        let open_remaining = (w.machine() == OPEN).then(|| {
+            Duration::from_nanos(self.open_until.load(Ordering::Acquire).saturating_sub(now))
+        });
+        Snapshot {
+            state: w.state(),
+            machine_state: w.machine_state(),
+            calls: counts.calls,
+            failures: counts.failures,
+            slow_calls: counts.slow,
+            failure_rate: counts.failure_rate(),
+            slow_call_rate: counts.slow_call_rate(),
+            consecutive_failures: consecutive,
+            half_open_probes: w.admitted(),
+            half_open_successes: w.successes(),
+            rejected: self.rejected.load(Ordering::Acquire),
+            shadow_rejected: self.shadow_rejected.load(Ordering::Acquire),
+            open_remaining,
+            trip_risk: if w.machine() == CLOSED {
+                self.config.policy.trip_risk(&counts, consecutive)
+            } else {
+                1.0
+            },
+        }
+    }
+}
