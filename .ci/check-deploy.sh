@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Checks the deploy/ kit: Prometheus config, alert rules, alert rule unit
+# tests and the Grafana dashboard.
+#
+# Lives at .ci/check-deploy.sh and is run from anywhere, e.g.
+#   bash .ci/check-deploy.sh
+# On Debian, as root, it installs what is missing (promtool from the
+# `prometheus` package, python3); when both are present it skips apt
+# entirely. Exits non-zero if any check fails.
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+if [ ! -d deploy ]; then
+    echo "check-deploy: no deploy/ directory in $(pwd) (expected the script at <repo>/.ci/)" >&2
+    exit 1
+fi
+
+DEPLOY=deploy
+DASHBOARD="$DEPLOY/grafana/tower-breaker-dashboard.json"
+
+log() { printf '==> %s\n' "$*"; }
+
+# ---------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------
+install_missing() {
+    local pkgs=()
+    command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
+    command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+    [ "${#pkgs[@]}" -eq 0 ] && return 0
+
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "check-deploy: missing ${pkgs[*]}; install them (Debian: apt-get install --no-install-recommends ${pkgs[*]})" >&2
+        return 1
+    fi
+
+    log "installing ${pkgs[*]} with apt-get"
+    # The prometheus package's postinst starts a Prometheus daemon on :9090.
+    # Only promtool is wanted here, so deny service starts during the install
+    # (unless the machine already has a policy-rc.d of its own).
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    local rc=0
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+    } || rc=$?
+    [ "$own_policy" -eq 1 ] && rm -f "$policy"
+    [ "$rc" -eq 0 ] || return "$rc"
+
+    command -v promtool >/dev/null 2>&1 || { echo "check-deploy: promtool still not found after install" >&2; return 1; }
+    command -v python3 >/dev/null 2>&1 || { echo "check-deploy: python3 still not found after install" >&2; return 1; }
+}
+
+if ! install_missing; then
+    echo "check-deploy: 0 passed, 1 failed"
+    exit 1
+fi
+log "$(promtool --version 2>&1 | head -n1)"
+
+# ---------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------
+passed=0
+failed=0
+failures=()
+
+check() {
+    local name=$1
+    shift
+    log "$name"
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "FAILED: $name" >&2
+    fi
+}
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Structural checks of the dashboard, plus: every metric name used by the
+# dashboard and the alert rules belongs to the metrics contract, and every
+# dashboard query is written out as a recording rule (Grafana variables
+# replaced by sample values) so that promtool parses its PromQL.
+dashboard_lint() {
+    python3 - "$DASHBOARD" "$DEPLOY/alerts.yml" "$tmp/dashboard_queries.yml" <<'PY'
+import json
+import re
+import sys
+
+dash_path, alerts_path, rules_out = sys.argv[1:4]
+
+CONTRACT = {
+    "circuit_breaker_state", "circuit_breaker_transitions_total", "circuit_breaker_error_rate",
+    "circuit_breaker_slow_call_rate", "circuit_breaker_requests_total",
+    "circuit_breaker_rejections_total", "circuit_breaker_failures_total",
+    "circuit_breaker_trip_risk", "circuit_breaker_dependency",
+}
+for hist in ("circuit_breaker_request_duration_seconds", "circuit_breaker_recovery_duration_seconds"):
+    CONTRACT |= {hist + s for s in ("_bucket", "_sum", "_count")}
+
+errors = []
+with open(dash_path) as f:
+    dash = json.load(f)
+
+ds_ref = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+variables = {v.get("name"): v for v in dash.get("templating", {}).get("list", [])}
+ds_var = variables.get("DS_PROMETHEUS")
+if not ds_var or ds_var.get("type") != "datasource" or ds_var.get("query") != "prometheus":
+    errors.append("templating: missing datasource variable DS_PROMETHEUS of type prometheus")
+svc = variables.get("service")
+if not svc or "label_values(circuit_breaker_state, service)" not in json.dumps(svc.get("query")):
+    errors.append("templating: variable service must come from label_values(circuit_breaker_state, service)")
+if not isinstance(dash.get("schemaVersion"), int) or dash["schemaVersion"] < 36:
+    errors.append("schemaVersion missing or too old")
+
+panels = dash.get("panels", [])
+ids = [p.get("id") for p in panels]
+if len(ids) != len(set(ids)) or None in ids:
+    errors.append(f"panel ids missing or not unique: {ids}")
+for kind in ("state-timeline", "timeseries", "heatmap", "nodeGraph"):
+    if not any(p.get("type") == kind for p in panels):
+        errors.append(f"no {kind} panel")
+
+exprs = []
+for p in panels:
+    where = f"panel {p.get('id')} ({p.get('title')!r})"
+    for key in ("type", "title", "gridPos"):
+        if key not in p:
+            errors.append(f"{where}: no {key}")
+    if p.get("datasource") != ds_ref:
+        errors.append(f"{where}: datasource is not ${{DS_PROMETHEUS}}")
+    targets = p.get("targets") or []
+    if not targets:
+        errors.append(f"{where}: no targets")
+    refids = [t.get("refId") for t in targets]
+    if len(refids) != len(set(refids)):
+        errors.append(f"{where}: duplicate refId")
+    for t in targets:
+        if t.get("datasource") != ds_ref:
+            errors.append(f"{where}: target {t.get('refId')} datasource is not ${{DS_PROMETHEUS}}")
+        if not t.get("expr"):
+            errors.append(f"{where}: target {t.get('refId')} has no expr")
+        else:
+            exprs.append((where, t["expr"]))
+for a in dash.get("annotations", {}).get("list", []):
+    if a.get("expr"):
+        exprs.append((f"annotation {a.get('name')!r}", a["expr"]))
+
+metric_re = re.compile(r"\bcircuit_breaker_[a-z0-9_]+")
+for where, expr in exprs:
+    for m in metric_re.findall(expr):
+        if m not in CONTRACT:
+            errors.append(f"{where}: metric {m} is not in the metrics contract")
+with open(alerts_path) as f:
+    for lineno, line in enumerate(f, 1):
+        for m in metric_re.findall(line):
+            if m not in CONTRACT:
+                errors.append(f"{alerts_path}:{lineno}: metric {m} is not in the metrics contract")
+
+# Grafana variables -> sample values, so promtool can parse the queries.
+subst = [("$__rate_interval", "1m"), ("$__interval", "1m"), ("$__range", "1h"),
+         ("$error_threshold", "0.5"), ("$service", ".*")]
+with open(rules_out, "w") as out:
+    out.write("groups:\n  - name: dashboard-queries\n    rules:\n")
+    for i, (where, expr) in enumerate(exprs):
+        for var, val in subst:
+            expr = expr.replace(var, val)
+        if "$" in expr:
+            errors.append(f"{where}: unknown variable left in {expr!r}")
+        out.write(f"      - record: dashboard:query_{i}\n        expr: {json.dumps(expr)}\n")
+
+for e in errors:
+    print("dashboard lint:", e, file=sys.stderr)
+print(f"dashboard lint: {len(panels)} panels, {len(exprs)} queries, {len(errors)} problems")
+sys.exit(1 if errors else 0)
+PY
+}
+
+check "promtool check config $DEPLOY/prometheus.yml" promtool check config "$DEPLOY/prometheus.yml"
+check "promtool check rules $DEPLOY/alerts.yml" promtool check rules "$DEPLOY/alerts.yml"
+check "promtool test rules $DEPLOY/alerts_test.yml" promtool test rules "$DEPLOY/alerts_test.yml"
+check "python3 -m json.tool $DASHBOARD" sh -c 'python3 -m json.tool "$1" >/dev/null' _ "$DASHBOARD"
+check "dashboard structure and metric names" dashboard_lint
+if [ -s "$tmp/dashboard_queries.yml" ]; then
+    check "promtool parses the dashboard queries" promtool check rules "$tmp/dashboard_queries.yml"
+else
+    check "promtool parses the dashboard queries" false
+fi
+
+if [ "$failed" -ne 0 ]; then
+    printf 'failed: %s\n' "${failures[@]}" >&2
+fi
+echo "check-deploy: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
