@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::classify::Outcome;
 use crate::clock::Clock;
 use crate::error::CircuitOpen;
-use crate::metrics::{BreakerMetrics, Handles, HandlesGuard};
+use crate::metrics::{BreakerMetrics, Handles, HandlesRef};
 use crate::state::{Admission, Machine, Observer, State, StateChange, Ticket};
 
 /// A hook run after every transition.
@@ -64,7 +64,7 @@ impl Breaker {
 
     /// The handles of the current recorder.
     #[inline]
-    pub(crate) fn handles(&self) -> HandlesGuard {
+    pub(crate) fn handles(&self) -> HandlesRef<'_> {
         self.metrics.handles(|h| self.sync_gauges(h))
     }
 

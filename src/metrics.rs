@@ -9,11 +9,17 @@
 //! Looking a metric up through the macros on every call costs a hash and a
 //! map probe per metric. The breaker resolves its handles once per recorder
 //! instead: on every call it asks the facade which recorder is current (a
-//! thread-local read and an atomic load) and compares that with the recorder
-//! its cached handles came from. They match on every call but the first after
-//! a change, so a recorder installed after the layer was built, or a
-//! `metrics::with_local_recorder` scope, gets fresh handles, the metric
-//! descriptions and the one-hot state gauge on the first call it sees.
+//! thread-local read and an atomic load) and finds the handles resolved
+//! against that recorder in a few write-once slots (plain loads, no
+//! reference counting). A recorder installed after the layer was built, or a
+//! `metrics::with_local_recorder` scope, fills a new slot on the first call
+//! it sees, with the metric descriptions and the one-hot state gauge. A
+//! breaker that sees more recorders than it has slots (four) resolves the
+//! extra recorders' handles on every call: correct, only slower.
+//!
+//! Recorders are told apart by address. A local recorder dropped and another
+//! created at the same address is taken for the first one: build a breaker
+//! per local recorder in tests.
 //!
 //! # Cardinality
 //!
@@ -27,7 +33,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
 
 use crate::classify::{FailureKind, Outcome};
@@ -416,12 +421,15 @@ impl Handles {
     }
 }
 
+/// How many recorders' handles a breaker keeps.
+const RECORDER_SLOTS: usize = 4;
+
 /// One breaker's metrics: names, label, and handles cached per recorder.
 pub(crate) struct BreakerMetrics {
     names: Arc<Names>,
     service: ServiceLabel,
     level: MetricsLevel,
-    cache: ArcSwap<Handles>,
+    slots: [OnceLock<Handles>; RECORDER_SLOTS],
 }
 
 impl fmt::Debug for BreakerMetrics {
@@ -434,7 +442,22 @@ impl fmt::Debug for BreakerMetrics {
 }
 
 /// The handles of the current recorder, borrowed for one call.
-pub(crate) type HandlesGuard = arc_swap::Guard<Arc<Handles>>;
+pub(crate) enum HandlesRef<'a> {
+    Cached(&'a Handles),
+    /// More recorders than slots: resolved for this call only.
+    Uncached(Box<Handles>),
+}
+
+impl std::ops::Deref for HandlesRef<'_> {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        match self {
+            HandlesRef::Cached(h) => h,
+            HandlesRef::Uncached(h) => h,
+        }
+    }
+}
 
 impl BreakerMetrics {
     /// Resolves handles against the current recorder and runs `fresh` on them.
@@ -442,17 +465,16 @@ impl BreakerMetrics {
         names: Arc<Names>,
         service: ServiceLabel,
         level: MetricsLevel,
-        fresh: impl FnOnce(&Handles),
+        fresh: impl Fn(&Handles),
     ) -> Self {
-        names.describe();
-        let handles = Handles::resolve(current_recorder(), &names, service.value(), level);
-        fresh(&handles);
-        BreakerMetrics {
+        let metrics = BreakerMetrics {
             names,
             service,
             level,
-            cache: ArcSwap::from_pointee(handles),
-        }
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        };
+        metrics.handles(fresh);
+        metrics
     }
 
     pub(crate) fn service(&self) -> &Arc<str> {
@@ -463,21 +485,28 @@ impl BreakerMetrics {
         self.level
     }
 
-    /// The handles for the current recorder; `fresh` runs once for each
-    /// recorder first seen, to set gauges that must exist from the start.
-    #[inline]
-    pub(crate) fn handles(&self, fresh: impl FnOnce(&Handles)) -> HandlesGuard {
-        let recorder = current_recorder();
-        let cached = self.cache.load();
-        if cached.recorder == recorder {
-            return cached;
-        }
-        drop(cached);
+    fn resolve(&self, recorder: usize, fresh: &impl Fn(&Handles)) -> Handles {
         self.names.describe();
         let handles = Handles::resolve(recorder, &self.names, self.service.value(), self.level);
         fresh(&handles);
-        self.cache.store(Arc::new(handles));
-        self.cache.load()
+        handles
+    }
+
+    /// The handles for the current recorder; `fresh` runs once for each
+    /// recorder first seen, to set gauges that must exist from the start.
+    #[inline]
+    pub(crate) fn handles(&self, fresh: impl Fn(&Handles)) -> HandlesRef<'_> {
+        let recorder = current_recorder();
+        for slot in &self.slots {
+            let handles = match slot.get() {
+                Some(handles) => handles,
+                None => slot.get_or_init(|| self.resolve(recorder, &fresh)),
+            };
+            if handles.recorder == recorder {
+                return HandlesRef::Cached(handles);
+            }
+        }
+        HandlesRef::Uncached(Box::new(self.resolve(recorder, &fresh)))
     }
 
     /// Counts a transition (cold path: looked up each time).
