@@ -43,7 +43,7 @@
 //! | metric | type | labels | level |
 //! |---|---|---|---|
 //! | `_state` | gauge, one-hot | `state`: `closed`, `open`, `half_open`, `disabled`, `forced_open`, `metrics_only` | Minimal |
-//! | `_transitions_total` | counter | `from`, `to` (states), `reason`: see [`Reason`](crate::Reason) | Minimal |
+//! | `_transitions_total` | counter | `from`, `to` (states), `reason`: see [`Reason`] | Minimal |
 //! | `_requests_total` | counter | `status`: `success`, `failure`, `ignored`, `rejected` | Minimal |
 //! | `_rejections_total` | counter | `state`: `open`, `half_open`, `forced_open`, `metrics_only` (shadow: would have refused) | Standard |
 //! | `_failures_total` | counter | `kind`: [`FailureKind`] (`error`, `timeout`, `connect`, `http_5xx`, ...) | Standard |
