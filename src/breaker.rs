@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::classify::Outcome;
+use crate::classify::{FailureKind, Outcome};
 use crate::clock::Clock;
 use crate::error::CircuitOpen;
 use crate::metrics::{BreakerMetrics, Handles, HandlesGuard, MetricsLevel, Transition};
@@ -126,7 +126,15 @@ impl Breaker {
         let end = self.timed_now();
         let elapsed = end.saturating_sub(start);
         let handles = self.handles();
-        handles.finished(outcome, elapsed as f64 * 1e-9);
+        // A slow probe fails the half-open test (the machine reopens with
+        // probe_failed): report it as the failure it is.
+        let reported = match outcome {
+            Outcome::Success if ticket.is_probe() && self.machine.policy().is_slow(elapsed) => {
+                Outcome::Failure(FailureKind::SLOW)
+            }
+            other => other,
+        };
+        handles.finished(reported, elapsed as f64 * 1e-9);
         let changed = self.machine.record(ticket, outcome, elapsed, end, self);
         if changed || (self.time_window && self.rates_due(end)) {
             self.update_rates(&handles, end);

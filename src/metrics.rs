@@ -57,7 +57,9 @@
 //! count with `increase()` are created at zero with the handles: Closed to
 //! Open for each enabled trip policy, Open to HalfOpen (`timeout_elapsed`),
 //! HalfOpen to Open (`probe_failed`) and HalfOpen to Closed
-//! (`probe_succeeded`). Failure kinds are open-ended and appear on first use.
+//! (`probe_succeeded`). Failure kinds are open-ended and appear on first use;
+//! a half-open probe that succeeds too slowly fails the probe and counts as a
+//! failure of kind `slow`.
 //! In MetricsOnly (shadow) mode the transitions of the shadow machine are
 //! counted like real ones, while the state gauge shows `metrics_only`.
 //!

@@ -304,6 +304,8 @@ async fn rate_policies_report_their_reason_and_rates() {
         .slow_call_rate(0.5, ms(100))
         .count_window(4)
         .minimum_calls(4)
+        .open_duration(Backoff::fixed(secs(10)))
+        .half_open_permits(1)
         .clock(clock)
         .build()
         .unwrap()
@@ -365,6 +367,41 @@ async fn rate_policies_report_their_reason_and_rates() {
         m.gauge(&name("error_rate"), &[("service", "rates-slow")]),
         0.25,
     );
+
+    // A slow probe is a failed probe, of kind `slow`.
+    let slow_requests = |m: &Recorded, status| {
+        m.counter(
+            &name("requests_total"),
+            &[("service", "rates-slow"), ("status", status)],
+        )
+    };
+    assert_eq!(slow_requests(&m, "success"), 3);
+    assert_eq!(slow_requests(&m, "failure"), 1);
+    manual.advance(secs(10));
+    assert_eq!(send(&slow, Call::Ok(ms(120))).await, Sent::Ok);
+    m.observe();
+    assert_eq!(m.states(P, "rates-slow"), one_hot("open"));
+    assert_eq!(
+        m.counter(
+            &name("transitions_total"),
+            &[
+                ("service", "rates-slow"),
+                ("from", "half_open"),
+                ("to", "open"),
+                ("reason", "probe_failed")
+            ],
+        ),
+        1
+    );
+    assert_eq!(
+        m.counter(
+            &name("failures_total"),
+            &[("service", "rates-slow"), ("kind", "slow")]
+        ),
+        1
+    );
+    assert_eq!(slow_requests(&m, "success"), 3);
+    assert_eq!(slow_requests(&m, "failure"), 2);
 }
 
 #[tokio::test]
