@@ -271,6 +271,13 @@ pub(crate) struct Ticket {
     judged: bool,
 }
 
+impl Ticket {
+    /// Whether this call is a half-open probe.
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
 /// The machine's answer to "may this call go through?".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Admission {
