@@ -58,6 +58,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod backoff;
+#[cfg(feature = "grpc")]
+pub mod body;
 mod breaker;
 pub mod classify;
 mod clock;
@@ -84,6 +86,13 @@ pub use crate::layer::{Builder, CircuitBreakerLayer, MAX_WINDOW_SIZE};
 pub use crate::metrics::MetricsLevel;
 pub use crate::service::CircuitBreaker;
 pub use crate::state::{Reason, Snapshot, State, StateChange};
+
+/// The header parsers, for the fuzz targets. Not a stable API.
+#[cfg(feature = "http")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::classify::parse::{grpc_retry_pushback_ms, grpc_status, retry_after};
+}
 
 /// The error type of the breaker's service: the inner error, or [`CircuitOpen`].
 pub use tower::BoxError;
