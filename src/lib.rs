@@ -57,6 +57,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod backoff;
 #[cfg(feature = "grpc")]
 pub mod body;
@@ -73,6 +75,8 @@ pub mod exporter;
 mod policy;
 mod service;
 pub mod state;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 mod window;
 
 pub use crate::backoff::Backoff;
