@@ -19,6 +19,32 @@ pin_project! {
     /// the call counts as ignored and gives back its half-open permit.
     ///
     /// Frames pass through unchanged.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tower_breaker::{classify::GrpcClassifier, CircuitBreakerLayer, State};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("doc-grpc-body")
+    ///     .consecutive_failures(1)
+    ///     .classifier(GrpcClassifier::new())
+    ///     .build()
+    ///     .unwrap();
+    /// let svc = layer.layer(service_fn(|_: ()| async {
+    ///     // A stream that ends without trailers: no status, so UNKNOWN.
+    ///     let body = Full::new(Bytes::from_static(b"\0\0\0\0\0"));
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    /// }));
+    /// let body = svc.oneshot(()).await.unwrap().into_body();
+    /// assert_eq!(layer.handle().state(), State::Closed); // not judged yet
+    /// let _ = body.collect().await;
+    /// assert_eq!(layer.handle().state(), State::Open);
+    /// # }
+    /// ```
     pub struct GrpcBody<B> {
         #[pin]
         inner: B,

@@ -48,6 +48,14 @@
 //! success. A [`Classify`](classify::Classify) decides otherwise: for HTTP
 //! status codes, gRPC statuses in trailers, or your own rules.
 //!
+//! - `classify::HttpClassifier` (feature `http`): 5xx and 429 fail, and a
+//!   failing response's `Retry-After` keeps the breaker open longer.
+//! - `classify::GrpcClassifier` (feature `grpc`): `grpc-status` from headers
+//!   or trailers, with `grpc-retry-pushback-ms`.
+//! - `axum::RejectWith503Layer` (feature `axum`) puts a breaker in an axum
+//!   `Router`, answering rejections with 503; `tonic::status_from_error`
+//!   (feature `tonic`) turns them into UNAVAILABLE in a tonic client.
+//!
 //! # Time
 //!
 //! The breaker reads time from a [`Clock`]: the system clock by default,

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::body::GrpcBody;
@@ -103,8 +104,8 @@ impl fmt::Display for GrpcCode {
     }
 }
 
-const GRPC_STATUS: &str = "grpc-status";
-const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// Classifies gRPC responses by their `grpc-status`.
 ///
@@ -123,8 +124,10 @@ const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
 ///
 /// What counts as which status:
 /// - no `grpc-status` in headers nor trailers, a stream that ends without
-///   trailers, or a value that is not a code from 0 to 16: UNKNOWN, as the
-///   gRPC spec tells clients to assume ("error parsing returned status");
+///   trailers, or a value that is not a code from 0 to 16: UNKNOWN, the
+///   code gRPC's status-code table gives "error parsing returned status"
+///   (some clients report INTERNAL for a missing status; both fail by
+///   default, and either way the upstream did not answer properly);
 /// - a response without `grpc-status` whose HTTP status is not 200 (a proxy
 ///   or load balancer answered): the code gRPC maps that HTTP status to, so
 ///   a 503 from a proxy is UNAVAILABLE;
