@@ -146,6 +146,27 @@ mod tests {
     }
 
     #[test]
+    fn every_short_input_parses_without_panicking() {
+        let now = SystemTime::UNIX_EPOCH;
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for input in [&[a][..], &[a, b], &[b' ', a, b, b'\t']] {
+                    let _ = grpc_status(input);
+                    let _ = retry_after(input, now);
+                    let _ = grpc_retry_pushback_ms(input);
+                }
+            }
+        }
+        // Far-future dates and the largest delays stay representable.
+        assert!(retry_after(b"Fri, 31 Dec 9999 23:59:59 GMT", now).is_some());
+        assert!(retry_after(
+            b"1",
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u32::MAX as u64)
+        )
+        .is_some());
+    }
+
+    #[test]
     fn trimming_handles_blank_and_edge_inputs() {
         assert_eq!(trim_ows(b""), b"");
         assert_eq!(trim_ows(b" \t "), b"");
