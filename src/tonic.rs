@@ -99,6 +99,28 @@ mod tests {
     }
 
     #[test]
+    fn grpc_classifier_judges_status_errors_by_code() {
+        use crate::classify::{Classify, GrpcClassifier};
+        use crate::{FailureKind, Outcome};
+        let judge = |e: &(dyn std::error::Error + 'static)| {
+            <GrpcClassifier as Classify<http::Response<()>>>::classify_error(
+                &GrpcClassifier::new(),
+                e,
+            )
+        };
+        assert_eq!(
+            judge(&Status::unavailable("down")),
+            Outcome::Failure(FailureKind::GRPC_UNAVAILABLE)
+        );
+        assert_eq!(judge(&Status::not_found("gone")), Outcome::Success);
+        assert_eq!(judge(&Status::cancelled("bye")), Outcome::Ignored);
+        let open = CircuitOpen::new("x".into(), State::Open, None);
+        assert_eq!(judge(&open), Outcome::Ignored);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(judge(&refused), Outcome::Failure(FailureKind::CONNECT));
+    }
+
+    #[test]
     fn codes_convert_both_ways() {
         for code in GrpcCode::ALL {
             assert_eq!(GrpcCode::from(Code::from(code)), code);
