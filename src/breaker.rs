@@ -1,13 +1,15 @@
 //! The shared core of one breaker: its machine, metrics, clock and hooks.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::classify::Outcome;
 use crate::clock::Clock;
+use crate::dependency::EdgeGuard;
 use crate::error::CircuitOpen;
 use crate::metrics::{BreakerMetrics, Handles, HandlesGuard};
+use crate::predict::{Prediction, Predictor};
 use crate::state::{Admission, Machine, Observer, State, StateChange, Ticket};
 
 /// A hook run after every transition.
@@ -22,6 +24,18 @@ pub(crate) struct Breaker {
     /// slow-call policy or a time window.
     timed: bool,
     hooks: Vec<StateHook>,
+    /// The trend estimator, when early warning is on.
+    predictor: Option<Predictor>,
+    /// This breaker's `caller -> name` edge, when it has a caller.
+    pub(crate) dependency: OnceLock<EdgeGuard>,
+}
+
+/// What the dependency graph shows of a breaker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View {
+    pub(crate) state: State,
+    pub(crate) error_rate: f64,
+    pub(crate) trip_risk: f64,
 }
 
 impl fmt::Debug for Breaker {
@@ -55,7 +69,20 @@ impl Breaker {
             clock,
             timed,
             hooks,
+            predictor: None,
+            dependency: OnceLock::new(),
         }
+    }
+
+    /// Turns on early warning with this estimator.
+    pub(crate) fn with_predictor(mut self, predictor: Option<Predictor>) -> Self {
+        self.predictor = predictor;
+        self
+    }
+
+    /// The latest prediction, when early warning is on.
+    pub(crate) fn prediction(&self) -> Option<Prediction> {
+        self.predictor.as_ref().and_then(Predictor::latest)
     }
 
     pub(crate) fn service(&self) -> &Arc<str> {
@@ -71,11 +98,35 @@ impl Breaker {
     /// Brings a fresh set of handles up to date with the breaker.
     fn sync_gauges(&self, h: &Handles) {
         h.set_state(self.machine.state());
-        let now = self.clock.now();
-        let snapshot = self.machine.snapshot(now);
-        h.error_rate.set(snapshot.failure_rate);
-        h.slow_call_rate.set(snapshot.slow_call_rate);
-        h.trip_risk.set(snapshot.trip_risk);
+        let view = self.view();
+        h.error_rate.set(view.error_rate);
+        h.slow_call_rate
+            .set(self.machine.snapshot(self.clock.now()).slow_call_rate);
+        h.trip_risk.set(view.trip_risk);
+        if let Some(edge) = self.dependency.get() {
+            edge.publish();
+        }
+    }
+
+    /// State, error rate and trip risk (as the gauge shows it), now.
+    pub(crate) fn view(&self) -> View {
+        let snapshot = self.machine.snapshot(self.clock.now());
+        let trip_risk = pinned_risk(snapshot.state)
+            .or_else(|| pinned_risk(snapshot.machine_state))
+            .unwrap_or_else(|| self.with_trend(snapshot.trip_risk));
+        View {
+            state: snapshot.state,
+            error_rate: snapshot.failure_rate,
+            trip_risk,
+        }
+    }
+
+    /// The policies' risk, raised to the projected risk under early warning.
+    fn with_trend(&self, risk: f64) -> f64 {
+        match &self.predictor {
+            Some(p) => risk.max(p.projected()),
+            None => risk,
+        }
     }
 
     /// Asks the machine whether a call may go through.
@@ -108,7 +159,18 @@ impl Breaker {
         let handles = self.handles();
         handles.finished(outcome, elapsed as f64 * 1e-9);
         if self.machine.record(ticket, outcome, elapsed, end, self) {
+            // Not the hot path: the window's totals changed.
+            let warning = match &self.predictor {
+                Some(p) if matches!(self.machine.state(), State::Closed | State::MetricsOnly) => {
+                    let counts = self.machine.window().counts(end);
+                    p.observe(self.service(), &counts, end)
+                }
+                _ => None,
+            };
             self.update_rates(&handles, end);
+            if let (Some(p), Some(warning)) = (&self.predictor, warning) {
+                p.fire(&warning);
+            }
         }
     }
 
@@ -120,8 +182,8 @@ impl Breaker {
         h.error_rate.set(counts.failure_rate());
         h.slow_call_rate.set(counts.slow_call_rate());
         let consecutive = self.machine.consecutive_failures();
-        h.trip_risk
-            .set(self.machine.policy().trip_risk(&counts, consecutive));
+        let risk = self.machine.policy().trip_risk(&counts, consecutive);
+        h.trip_risk.set(self.with_trend(risk));
     }
 }
 
@@ -133,10 +195,16 @@ impl Observer for Breaker {
         if let Some(recovery) = change.recovery {
             handles.recovered(recovery.as_secs_f64());
         }
+        if let Some(p) = &self.predictor {
+            // A new phase: the old trend says nothing about it.
+            p.reset();
+        }
         let now = self.clock.now();
         self.update_rates(&handles, now);
-        if !matches!(change.to, State::Closed) && !change.shadow {
-            handles.trip_risk.set(if change.to == State::Disabled { 0.0 } else { 1.0 });
+        // In shadow mode `to` is the shadow machine's state, so an open
+        // shadow machine shows risk 1 and entering MetricsOnly does not.
+        if let Some(risk) = pinned_risk(change.to) {
+            handles.trip_risk.set(risk);
         }
     }
 
@@ -146,6 +214,16 @@ impl Observer for Breaker {
         for hook in &self.hooks {
             hook(&change);
         }
+    }
+}
+
+/// The trip risk a state implies regardless of the window: 0 when Disabled
+/// (nothing is judged), 1 when refusing or probing.
+fn pinned_risk(state: State) -> Option<f64> {
+    match state {
+        State::Disabled => Some(0.0),
+        State::Open | State::HalfOpen | State::ForcedOpen => Some(1.0),
+        State::Closed | State::MetricsOnly => None,
     }
 }
 

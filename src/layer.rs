@@ -12,6 +12,7 @@ use crate::clock::{duration_nanos, Clock};
 use crate::error::ConfigError;
 use crate::metrics::{BreakerMetrics, MetricsLevel, Names, ServiceLabel, DEFAULT_PREFIX};
 use crate::policy::Policy;
+use crate::predict::EarlyWarning;
 use crate::state::{HalfOpen, Machine, MachineConfig, StateChange, MAX_PERMITS};
 use crate::window::{CountWindow, TimeWindow, Window};
 use crate::{Backoff, CircuitBreaker, CircuitBreakerHandle, State};
@@ -123,6 +124,8 @@ pub struct Builder<C = DefaultClassifier> {
     prefix: String,
     level: MetricsLevel,
     hooks: Vec<StateHook>,
+    caller: Option<String>,
+    early_warning: Option<EarlyWarning>,
 }
 
 impl Builder {
@@ -146,6 +149,8 @@ impl Builder {
             prefix: DEFAULT_PREFIX.to_owned(),
             level: MetricsLevel::Full,
             hooks: Vec::new(),
+            caller: None,
+            early_warning: None,
         }
     }
 }
@@ -173,6 +178,8 @@ impl<C> fmt::Debug for Builder<C> {
             .field("clock", &self.clock)
             .field("prefix", &self.prefix)
             .field("level", &self.level)
+            .field("caller", &self.caller)
+            .field("early_warning", &self.early_warning)
             .finish_non_exhaustive()
     }
 }
@@ -276,11 +283,45 @@ impl<C> Builder<C> {
     /// Runs `hook` after every transition, with the state before the counts
     /// were reset. It runs on the thread that made the transition: keep it
     /// short.
-    pub fn on_state_change(
-        mut self,
-        hook: impl Fn(&StateChange) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on_state_change(mut self, hook: impl Fn(&StateChange) + Send + Sync + 'static) -> Self {
         self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// The service making the calls: records the dependency edge
+    /// `caller -> name` (see [`dependency`](crate::dependency)). Defaults to
+    /// the process-wide [`set_local_service`](crate::dependency::set_local_service)
+    /// name, if set.
+    pub fn caller(mut self, caller: impl Into<String>) -> Self {
+        self.caller = Some(caller.into());
+        self
+    }
+
+    /// Follows the trend of the rate policies and warns before they trip
+    /// (see [`predict`](crate::predict)). Hooks added with
+    /// [`on_early_warning`](Self::on_early_warning) are kept.
+    pub fn early_warning(mut self, mut warning: EarlyWarning) -> Self {
+        if let Some(mut old) = self.early_warning.take() {
+            for hook in old.take_hooks() {
+                warning.push_hook(hook);
+            }
+        }
+        self.early_warning = Some(warning);
+        self
+    }
+
+    /// Runs `hook` when the early warning fires: once each time the
+    /// projected trip risk reaches the level, again only after it fell back
+    /// below the re-arm level or the breaker changed state. Turns early
+    /// warning on with the defaults if it is not configured. It runs on the
+    /// thread of the call whose outcome raised the risk: keep it short.
+    pub fn on_early_warning(
+        mut self,
+        hook: impl Fn(&crate::Prediction) + Send + Sync + 'static,
+    ) -> Self {
+        self.early_warning
+            .get_or_insert_with(EarlyWarning::new)
+            .push_hook(Arc::new(hook));
         self
     }
 
@@ -317,6 +358,8 @@ impl<C> Builder<C> {
             prefix: self.prefix,
             level: self.level,
             hooks: self.hooks,
+            caller: self.caller,
+            early_warning: self.early_warning,
         }
     }
 
@@ -325,18 +368,25 @@ impl<C> Builder<C> {
             return Err(ConfigError::new("name", "must not be empty"));
         }
         let rate = |field: &'static str, v: Option<f64>| match v {
-            Some(v) if !(v > 0.0 && v <= 1.0) => {
-                Err(ConfigError::new(field, format!("must be in (0, 1], got {v}")))
-            }
+            Some(v) if !(v > 0.0 && v <= 1.0) => Err(ConfigError::new(
+                field,
+                format!("must be in (0, 1], got {v}"),
+            )),
             _ => Ok(()),
         };
         rate("failure_rate", self.failure_rate)?;
         rate("slow_call_rate", self.slow_call_rate)?;
         if self.consecutive_failures == Some(0) {
-            return Err(ConfigError::new("consecutive_failures", "must be at least 1"));
+            return Err(ConfigError::new(
+                "consecutive_failures",
+                "must be at least 1",
+            ));
         }
         if self.slow_call_duration.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new("slow_call_duration", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "slow_call_duration",
+                "must be greater than zero",
+            ));
         }
         if self.minimum_calls == 0 {
             return Err(ConfigError::new("minimum_calls", "must be at least 1"));
@@ -382,7 +432,10 @@ impl<C> Builder<C> {
         if self.half_open_permits == 0 || self.half_open_permits > MAX_PERMITS {
             return Err(ConfigError::new(
                 "half_open_permits",
-                format!("must be in 1..={MAX_PERMITS}, got {}", self.half_open_permits),
+                format!(
+                    "must be in 1..={MAX_PERMITS}, got {}",
+                    self.half_open_permits
+                ),
             ));
         }
         let successes = self.half_open_successes.unwrap_or(self.half_open_permits);
@@ -396,19 +449,22 @@ impl<C> Builder<C> {
             ));
         }
         if self.max_half_open_wait.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new("max_half_open_wait", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "max_half_open_wait",
+                "must be greater than zero",
+            ));
         }
         self.backoff.validate()?;
         if self.retry_after_cap.is_zero() {
-            return Err(ConfigError::new("retry_after_cap", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "retry_after_cap",
+                "must be greater than zero",
+            ));
         }
         if !valid_metric_prefix(&self.prefix) {
             return Err(ConfigError::new(
                 "metrics_prefix",
-                format!(
-                    "must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {:?}",
-                    self.prefix
-                ),
+                format!("must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {:?}", self.prefix),
             ));
         }
         let no_policy = self.consecutive_failures.is_none()
@@ -416,7 +472,11 @@ impl<C> Builder<C> {
             && self.slow_call_rate.is_none();
         let policy = Policy {
             consecutive_failures: self.consecutive_failures,
-            failure_rate: if no_policy { Some(0.5) } else { self.failure_rate },
+            failure_rate: if no_policy {
+                Some(0.5)
+            } else {
+                self.failure_rate
+            },
             slow_call_rate: self.slow_call_rate,
             slow_call_duration: self.slow_call_duration.map(duration_nanos),
             minimum_calls: self.minimum_calls,
@@ -426,6 +486,12 @@ impl<C> Builder<C> {
             successes,
             max_wait: self.max_half_open_wait.map(duration_nanos),
         };
+        if self.caller.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(ConfigError::new("caller", "must not be empty"));
+        }
+        if let Some(warning) = &self.early_warning {
+            warning.validate(&policy)?;
+        }
         Ok((policy, half_open, window))
     }
 
@@ -436,6 +502,7 @@ impl<C> Builder<C> {
             || policy.slow_call_duration.is_some()
             || window.needs_time();
         let seed = self.clock.now() ^ (&policy as *const Policy as u64);
+        let predictor = self.early_warning.as_ref().map(|w| w.predictor(&policy));
         let machine = Machine::new(
             MachineConfig {
                 policy,
@@ -457,9 +524,12 @@ impl<C> Builder<C> {
                 h.trip_risk.set(0.0);
             },
         );
-        let breaker = Breaker::new(machine, metrics, self.clock, timed, self.hooks);
+        let breaker =
+            Breaker::new(machine, metrics, self.clock, timed, self.hooks).with_predictor(predictor);
+        let breaker = Arc::new(breaker);
+        crate::dependency::track(&breaker, self.caller.as_deref());
         Ok(CircuitBreakerLayer {
-            breaker: Arc::new(breaker),
+            breaker,
             classifier: self.classifier,
         })
     }

@@ -61,14 +61,16 @@ mod backoff;
 mod breaker;
 pub mod classify;
 mod clock;
+pub mod dependency;
 mod error;
+#[cfg(feature = "prometheus")]
+pub mod exporter;
 mod future;
 mod handle;
 mod layer;
 pub mod metrics;
-#[cfg(feature = "prometheus")]
-pub mod exporter;
 mod policy;
+pub mod predict;
 mod service;
 pub mod state;
 mod window;
@@ -82,6 +84,7 @@ pub use crate::future::ResponseFuture;
 pub use crate::handle::CircuitBreakerHandle;
 pub use crate::layer::{Builder, CircuitBreakerLayer, MAX_WINDOW_SIZE};
 pub use crate::metrics::MetricsLevel;
+pub use crate::predict::{EarlyWarning, Prediction};
 pub use crate::service::CircuitBreaker;
 pub use crate::state::{Reason, Snapshot, State, StateChange};
 

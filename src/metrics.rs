@@ -60,11 +60,8 @@ pub enum MetricsLevel {
     Full,
 }
 
-static METADATA: Metadata<'static> = Metadata::new(
-    module_path!(),
-    metrics::Level::INFO,
-    Some(module_path!()),
-);
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Metric names under one prefix.
 #[derive(Debug)]
@@ -257,7 +254,7 @@ impl fmt::Debug for ServiceLabel {
 
 /// The identity of the recorder the facade would use here and now.
 #[inline]
-fn current_recorder() -> usize {
+pub(crate) fn current_recorder() -> usize {
     metrics::with_recorder(|r| (r as *const dyn Recorder).cast::<()>() as usize)
 }
 
@@ -464,6 +461,10 @@ impl BreakerMetrics {
 
     pub(crate) fn level(&self) -> MetricsLevel {
         self.level
+    }
+
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
     }
 
     /// The handles for the current recorder; `fresh` runs once for each

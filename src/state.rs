@@ -407,7 +407,13 @@ impl Machine {
                     let now = now();
                     let until = self.open_until.load(Ordering::Acquire);
                     if now >= until {
-                        self.transition(Some(epoch), Target::HalfOpen, Reason::TimeoutElapsed, now, obs);
+                        self.transition(
+                            Some(epoch),
+                            Target::HalfOpen,
+                            Reason::TimeoutElapsed,
+                            now,
+                            obs,
+                        );
                         continue;
                     }
                     return refused(State::Open, Some(Duration::from_nanos(until - now)));
@@ -417,7 +423,13 @@ impl Machine {
                         let now = now();
                         let since = self.phase_since.load(Ordering::Acquire);
                         if now.saturating_sub(since) >= max_wait {
-                            self.transition(Some(epoch), Target::Open, Reason::MaxWaitElapsed, now, obs);
+                            self.transition(
+                                Some(epoch),
+                                Target::Open,
+                                Reason::MaxWaitElapsed,
+                                now,
+                                obs,
+                            );
                             continue;
                         }
                     }
@@ -438,7 +450,8 @@ impl Machine {
         }
     }
 
-    /// Records a call's outcome. Returns whether the window's totals changed.
+    /// Records a call's outcome. Returns whether the window's totals or the
+    /// failure streak changed (the rates and trip risk need refreshing).
     pub(crate) fn record(
         &self,
         ticket: Ticket,
@@ -462,17 +475,24 @@ impl Machine {
         if w.machine() != CLOSED {
             return false;
         }
+        // A streak that starts, grows or ends changes the consecutive
+        // policy's trip risk even when the window's totals stay the same.
+        let mut streak_changed = false;
         let (failure, consecutive) = match outcome {
             Outcome::Ignored => return false,
             Outcome::Success => {
                 if self.consecutive.load(Ordering::Relaxed) != 0 {
                     self.consecutive.store(0, Ordering::Relaxed);
+                    streak_changed = true;
                 }
                 (false, 0)
             }
-            Outcome::Failure(_) => (true, self.consecutive.fetch_add(1, Ordering::AcqRel) + 1),
+            Outcome::Failure(_) => {
+                streak_changed = true;
+                (true, self.consecutive.fetch_add(1, Ordering::AcqRel) + 1)
+            }
         };
-        let changed = self.window.record(Sample { failure, slow }, now);
+        let changed = self.window.record(Sample { failure, slow }, now) || streak_changed;
         if failure || slow {
             let counts = self.window.counts(now);
             if let Some(reason) = self.config.policy.evaluate(&counts, consecutive) {
@@ -482,24 +502,51 @@ impl Machine {
         changed
     }
 
-    fn record_probe(&self, ticket: Ticket, outcome: Outcome, slow: bool, now: u64, obs: &dyn Observer) {
+    fn record_probe(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        slow: bool,
+        now: u64,
+        obs: &dyn Observer,
+    ) {
         match outcome {
             Outcome::Ignored => self.release(ticket),
             Outcome::Failure(_) => {
-                self.transition(Some(ticket.epoch), Target::Open, Reason::ProbeFailed, now, obs);
+                self.transition(
+                    Some(ticket.epoch),
+                    Target::Open,
+                    Reason::ProbeFailed,
+                    now,
+                    obs,
+                );
             }
             Outcome::Success if slow => {
-                self.transition(Some(ticket.epoch), Target::Open, Reason::ProbeFailed, now, obs);
+                self.transition(
+                    Some(ticket.epoch),
+                    Target::Open,
+                    Reason::ProbeFailed,
+                    now,
+                    obs,
+                );
             }
             Outcome::Success => {
-                let bumped = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                    let w = Word(w);
-                    (w.epoch() == ticket.epoch && w.successes() < MAX_PERMITS)
-                        .then_some(w.0 + (1 << SUCCESSES_SHIFT))
-                });
+                let bumped = self
+                    .word
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                        let w = Word(w);
+                        (w.epoch() == ticket.epoch && w.successes() < MAX_PERMITS)
+                            .then_some(w.0 + (1 << SUCCESSES_SHIFT))
+                    });
                 if let Ok(before) = bumped {
                     if Word(before).successes() + 1 >= self.config.half_open.successes {
-                        self.transition(Some(ticket.epoch), Target::Closed, Reason::ProbeSucceeded, now, obs);
+                        self.transition(
+                            Some(ticket.epoch),
+                            Target::Closed,
+                            Reason::ProbeSucceeded,
+                            now,
+                            obs,
+                        );
                     }
                 }
             }
@@ -511,10 +558,13 @@ impl Machine {
         if !ticket.probe {
             return;
         }
-        let _ = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-            let w = Word(w);
-            (w.epoch() == ticket.epoch && w.admitted() > 0).then_some(w.0 - (1 << ADMITTED_SHIFT))
-        });
+        let _ = self
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let w = Word(w);
+                (w.epoch() == ticket.epoch && w.admitted() > 0)
+                    .then_some(w.0 - (1 << ADMITTED_SHIFT))
+            });
     }
 
     /// Remembers a server's hint (Retry-After) for the next open duration.
@@ -550,12 +600,17 @@ impl Machine {
             };
             let mut open_for = None;
             if target == Target::Open {
-                let backoff = self.config.backoff.duration(episode.attempt, || self.jitter.next());
+                let backoff = self
+                    .config
+                    .backoff
+                    .duration(episode.attempt, || self.jitter.next());
                 let hint = Duration::from_nanos(self.hint.swap(0, Ordering::AcqRel));
                 let d = backoff.max(hint);
                 episode.attempt = episode.attempt.saturating_add(1);
-                self.open_until
-                    .store(now.saturating_add(crate::clock::duration_nanos(d)), Ordering::Release);
+                self.open_until.store(
+                    now.saturating_add(crate::clock::duration_nanos(d)),
+                    Ordering::Release,
+                );
                 open_for = Some(d);
             }
             if machine == CLOSED
@@ -593,7 +648,8 @@ impl Machine {
             };
             let mut recovery = None;
             if !shadow {
-                if matches!(to, State::Open | State::ForcedOpen) && episode.left_closed_at.is_none() {
+                if matches!(to, State::Open | State::ForcedOpen) && episode.left_closed_at.is_none()
+                {
                     episode.left_closed_at = Some(now);
                 }
                 if to == State::Closed {
