@@ -87,6 +87,20 @@ fn local() -> &'static RwLock<Option<Arc<str>>> {
 /// Names this process, the caller of every breaker built afterwards without
 /// its own [`Builder::caller`](crate::Builder::caller). The name is
 /// sanitized like a label. Breakers built before keep what they had.
+///
+/// ```
+/// use tower_breaker::dependency::{self, DependencyGraph};
+/// use tower_breaker::CircuitBreakerLayer;
+///
+/// dependency::set_local_service("checkout");
+/// assert_eq!(dependency::local_service().as_deref(), Some("checkout"));
+/// let payments = CircuitBreakerLayer::builder().name("payments").build().unwrap();
+/// let fraud = CircuitBreakerLayer::builder().name("fraud").caller("payments").build().unwrap();
+/// let graph = DependencyGraph::snapshot();
+/// assert!(graph.edge("checkout", "payments").is_some());
+/// assert!(graph.edge("payments", "fraud").is_some(), "an explicit caller wins");
+/// # drop((payments, fraud));
+/// ```
 pub fn set_local_service(name: &str) {
     *local().write().unwrap_or_else(|p| p.into_inner()) = Some(sanitize_label(name).into());
 }
@@ -101,7 +115,25 @@ pub fn local_service() -> Option<String> {
 }
 
 /// Sets the process-wide cap on distinct edges (default 1,000). Edges
-/// already known stay.
+/// already known stay; past the cap new edges are refused.
+///
+/// ```
+/// use tower_breaker::dependency::{self, DependencyGraph};
+/// use tower_breaker::CircuitBreakerLayer;
+///
+/// dependency::set_edge_limit(1);
+/// let build = |name: &str| {
+///     CircuitBreakerLayer::builder().name(name).caller("edge").build().unwrap()
+/// };
+/// let (a, b, a_again) = (build("a"), build("b"), build("a"));
+/// let graph = DependencyGraph::snapshot();
+/// assert_eq!(graph.edges().len(), 1);
+/// assert_eq!(graph.edge("edge", "a").unwrap().breakers, 2, "a known edge is shared");
+/// assert!(graph.edge("edge", "b").is_none());
+/// assert_eq!(graph.refused(), 1);
+/// // `b` still works as a breaker; it is just not in the graph.
+/// # drop((a, b, a_again));
+/// ```
 pub fn set_edge_limit(limit: usize) {
     EDGE_LIMIT.store(limit, Ordering::Relaxed);
 }
