@@ -329,3 +329,121 @@ fn build_checks_the_early_warning_settings() {
     assert!(format!("{layer:?}").contains("predict-hooks"));
     assert_eq!(layer.handle().prediction(), None, "nothing observed yet");
 }
+
+#[tokio::test]
+async fn rising_latency_warns_through_the_slow_call_rate() {
+    // Calls get slow (200 ms against a 100 ms limit) with a probability
+    // rising over ten minutes; the failure rate stays at zero.
+    let (clock, manual) = Clock::manual();
+    let fired: Arc<Mutex<Vec<(f64, Prediction)>>> = Arc::default();
+    let layer = CircuitBreakerLayer::builder()
+        .name("predict-slow")
+        .failure_rate(0.5)
+        .slow_call_rate(0.5, Duration::from_millis(100))
+        .minimum_calls(20)
+        .count_window(100)
+        .clock(clock)
+        .on_early_warning({
+            let fired = fired.clone();
+            let manual = manual.clone();
+            move |p| {
+                let at = manual.elapsed().as_secs_f64();
+                fired.lock().unwrap().push((at, p.clone()))
+            }
+        })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let slow = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(service_fn({
+        let (slow, manual) = (slow.clone(), manual.clone());
+        move |_: ()| {
+            // The call takes its time on the manual clock.
+            let took = if slow.load(Ordering::Relaxed) == 1 {
+                200
+            } else {
+                1
+            };
+            manual.advance(Duration::from_millis(took));
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        }
+    }));
+    let mut rng = Rng(7);
+    let mut tripped = None;
+    while tripped.is_none() {
+        manual.advance(Duration::from_millis(100));
+        let t = manual.elapsed().as_secs_f64();
+        assert!(t < 1200.0, "never tripped");
+        slow.store(usize::from(rng.next() < t * RAMP_SLOPE), Ordering::Relaxed);
+        svc.ready().await.unwrap().call(()).await.unwrap();
+        if handle.state() != State::Closed {
+            tripped = Some(t);
+        }
+    }
+    let fired = fired.lock().unwrap();
+    let (at, p) = fired.first().expect("warned");
+    assert_eq!(fired.len(), 1);
+    assert!(
+        at + 20.0 <= tripped.unwrap(),
+        "warned at {at}, tripped at {tripped:?}"
+    );
+    assert_eq!(p.policy, Reason::SlowCallRate);
+    assert!(p.slope > 0.0);
+}
+
+/// Counts `warn` events whose message mentions a predicted trip.
+#[cfg(feature = "tracing")]
+struct Warnings(Arc<AtomicUsize>);
+
+#[cfg(feature = "tracing")]
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" && format!("{value:?}").contains("predicted to trip") {
+                    self.0 = true;
+                }
+            }
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        if message.0 && *event.metadata().level() == tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[cfg(feature = "tracing")]
+#[tokio::test(flavor = "current_thread")]
+async fn each_crossing_logs_one_warning() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let _guard = tracing::subscriber::set_default(Warnings(count.clone()));
+    let phases = |t: f64| {
+        if (300.0..600.0).contains(&t) {
+            0.02
+        } else {
+            0.33
+        }
+    };
+    let run = drive(
+        "predict-log",
+        EarlyWarning::new().level(0.6),
+        900,
+        1,
+        phases,
+    )
+    .await;
+    assert_eq!(run.warnings.len(), 2);
+    assert_eq!(count.load(Ordering::Relaxed), 2);
+}
