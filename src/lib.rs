@@ -63,12 +63,12 @@ pub mod classify;
 mod clock;
 pub mod dependency;
 mod error;
-#[cfg(feature = "prometheus")]
-pub mod exporter;
 mod future;
 mod handle;
 mod layer;
 pub mod metrics;
+#[cfg(feature = "prometheus")]
+pub mod exporter;
 mod policy;
 pub mod predict;
 mod service;
