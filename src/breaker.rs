@@ -162,8 +162,10 @@ impl Breaker {
             // Not the hot path: the window's totals changed.
             let warning = match &self.predictor {
                 Some(p) if matches!(self.machine.state(), State::Closed | State::MetricsOnly) => {
-                    let counts = self.machine.window().counts(end);
-                    p.observe(self.service(), &counts, end)
+                    // An untimed breaker did not read the clock; the trend needs it.
+                    let now = if self.timed { end } else { self.clock.now() };
+                    let counts = self.machine.window().counts(now);
+                    p.observe(self.service(), &counts, now)
                 }
                 _ => None,
             };

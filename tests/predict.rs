@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_breaker::{
-    CircuitBreakerLayer, Clock, EarlyWarning, ManualClock, Prediction, Reason, State,
+    CircuitBreakerLayer, Clock, EarlyWarning, ManualClock, MetricsLevel, Prediction, Reason, State,
 };
 
 /// A deterministic pseudo-random sequence in [0, 1) (xorshift64*).
@@ -59,6 +59,17 @@ async fn drive(
     seed: u64,
     p: impl Fn(f64) -> f64,
 ) -> Run {
+    drive_at(MetricsLevel::Full, name, warning, seconds, seed, p).await
+}
+
+async fn drive_at(
+    level: MetricsLevel,
+    name: &str,
+    warning: EarlyWarning,
+    seconds: u64,
+    seed: u64,
+    p: impl Fn(f64) -> f64,
+) -> Run {
     let (clock, manual): (Clock, ManualClock) = Clock::manual();
     let fired: Arc<Mutex<Vec<(f64, Prediction)>>> = Arc::default();
     let layer = CircuitBreakerLayer::builder()
@@ -67,6 +78,7 @@ async fn drive(
         .minimum_calls(20)
         .count_window(100)
         .clock(clock)
+        .metrics_level(level)
         .early_warning(warning)
         .on_early_warning({
             let fired = fired.clone();
@@ -147,6 +159,19 @@ async fn slowly_degrading_upstream_warns_before_the_trip() {
             "a rising trend has a time to trip"
         );
         assert!(run.after_trip.is_none(), "a transition forgets the trend");
+    }
+}
+
+#[tokio::test]
+async fn untimed_breakers_follow_the_trend_too() {
+    // Below MetricsLevel::Full a count-window breaker does not time calls;
+    // the estimator reads the clock itself.
+    for level in [MetricsLevel::Minimal, MetricsLevel::Standard] {
+        let ramp = |t: f64| t * RAMP_SLOPE;
+        let run = drive_at(level, "predict-untimed", EarlyWarning::new(), 1200, 1, ramp).await;
+        let (at, p) = run.warnings.first().expect("warned");
+        assert!(at + 20.0 <= run.tripped.expect("trips"), "{level:?}");
+        assert!(p.slope > 0.5 * RAMP_SLOPE, "{level:?}: slope {}", p.slope);
     }
 }
 
