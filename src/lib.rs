@@ -73,6 +73,7 @@ pub mod body;
 mod breaker;
 pub mod classify;
 mod clock;
+pub mod dependency;
 mod error;
 #[cfg(feature = "prometheus")]
 pub mod exporter;
@@ -81,6 +82,7 @@ mod handle;
 mod layer;
 pub mod metrics;
 mod policy;
+pub mod predict;
 mod service;
 pub mod state;
 #[cfg(feature = "tonic")]
@@ -96,6 +98,7 @@ pub use crate::future::ResponseFuture;
 pub use crate::handle::CircuitBreakerHandle;
 pub use crate::layer::{Builder, CircuitBreakerLayer, MAX_WINDOW_SIZE};
 pub use crate::metrics::MetricsLevel;
+pub use crate::predict::{EarlyWarning, Prediction};
 pub use crate::service::CircuitBreaker;
 pub use crate::state::{Reason, Snapshot, State, StateChange};
 

@@ -471,7 +471,8 @@ impl Machine {
         }
     }
 
-    /// Records a call's outcome. Returns whether the window's totals changed.
+    /// Records a call's outcome. Returns whether the window's totals or the
+    /// failure streak changed (the rates and trip risk need refreshing).
     #[inline]
     pub(crate) fn record(
         &self,
@@ -496,17 +497,24 @@ impl Machine {
         if w.machine() != CLOSED {
             return false;
         }
+        // A streak that starts, grows or ends changes the consecutive
+        // policy's trip risk even when the window's totals stay the same.
+        let mut streak_changed = false;
         let (failure, consecutive) = match outcome {
             Outcome::Ignored => return false,
             Outcome::Success => {
                 if self.consecutive.load(Ordering::Relaxed) != 0 {
                     self.consecutive.store(0, Ordering::Relaxed);
+                    streak_changed = true;
                 }
                 (false, 0)
             }
-            Outcome::Failure(_) => (true, self.consecutive.fetch_add(1, Ordering::AcqRel) + 1),
+            Outcome::Failure(_) => {
+                streak_changed = true;
+                (true, self.consecutive.fetch_add(1, Ordering::AcqRel) + 1)
+            }
         };
-        let changed = self.window.record(Sample { failure, slow }, now);
+        let changed = self.window.record(Sample { failure, slow }, now) || streak_changed;
         if failure || slow {
             let counts = self.window.counts(now);
             if let Some(reason) = self.config.policy.evaluate(&counts, consecutive) {
