@@ -1,0 +1,108 @@
+//! Command-line flags, parsed by hand.
+
+use std::time::Duration;
+
+pub(crate) const USAGE: &str = "\
+usage: cargo run --example mesh_demo --all-features -- [flags]
+
+  --duration-secs N   stop after N seconds (default: run until Ctrl-C)
+  --port N            metrics endpoint port on 127.0.0.1 (default 9464; 0 = any free port)
+  --gateway-port N    gateway and admin port on 127.0.0.1 (default: --port + 1; 0 = any)
+  --token T           require `Authorization: Bearer T` on /metrics, /dependencies.* and /admin
+  --phase-secs N      length of each fault phase: healthy, failing, recovering (default 20)
+  --rate N            load generator requests per second, all targets together (default 200)
+  --help              this text";
+
+/// The demo's settings.
+#[derive(Debug)]
+pub(crate) struct Args {
+    pub(crate) duration: Option<Duration>,
+    pub(crate) port: u16,
+    pub(crate) gateway_port: Option<u16>,
+    pub(crate) token: Option<String>,
+    pub(crate) phase: Duration,
+    pub(crate) rate: u32,
+    pub(crate) help: bool,
+}
+
+impl Args {
+    /// Parses `--flag value` and `--flag=value`; the error names the flag.
+    pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+        let mut parsed = Args {
+            duration: None,
+            port: 9464,
+            gateway_port: None,
+            token: None,
+            phase: Duration::from_secs(20),
+            rate: 200,
+            help: false,
+        };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+                None => (arg, None),
+            };
+            if flag == "--help" || flag == "-h" {
+                parsed.help = true;
+                continue;
+            }
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "--duration-secs" => {
+                    let secs: u64 = number(&flag, &value()?)?;
+                    if secs == 0 {
+                        return Err("--duration-secs must be at least 1".into());
+                    }
+                    parsed.duration = Some(Duration::from_secs(secs));
+                }
+                "--port" => parsed.port = number(&flag, &value()?)?,
+                "--gateway-port" => parsed.gateway_port = Some(number(&flag, &value()?)?),
+                "--token" => {
+                    let token = value()?;
+                    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err("--token must be non-empty printable ASCII".into());
+                    }
+                    parsed.token = Some(token);
+                }
+                "--phase-secs" => {
+                    let secs: u64 = number(&flag, &value()?)?;
+                    if !(2..=3600).contains(&secs) {
+                        return Err("--phase-secs must be between 2 and 3600".into());
+                    }
+                    parsed.phase = Duration::from_secs(secs);
+                }
+                "--rate" => {
+                    let rate: u32 = number(&flag, &value()?)?;
+                    if !(3..=2000).contains(&rate) {
+                        return Err("--rate must be between 3 and 2000".into());
+                    }
+                    parsed.rate = rate;
+                }
+                _ => return Err(format!("unknown flag {flag:?}")),
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The gateway's port: `--gateway-port`, else the metrics port + 1
+    /// (any free port when the metrics port is 0).
+    pub(crate) fn gateway_port(&self) -> u16 {
+        match (self.gateway_port, self.port) {
+            (Some(port), _) => port,
+            (None, 0) => 0,
+            (None, port) => port.saturating_add(1),
+        }
+    }
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: not a valid number: {value:?}"))
+}
