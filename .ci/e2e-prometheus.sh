@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# End-to-end test: the mesh demo scraped by a real Prometheus.
+#
+#   bash .ci/e2e-prometheus.sh
+#
+# Builds and starts `mesh_demo` (short phases, bounded duration, a bearer
+# token), starts Prometheus (Debian's `prometheus` package) on 127.0.0.1 with
+# a temporary TSDB and the deploy kit's config (deploy/prometheus.yml with the
+# target port swapped and its commented `authorization` block enabled, plus
+# deploy/alerts.yml), then asserts through the Prometheus HTTP API that the
+# `orders` breaker opened, rejected calls and recovered, that the cascade and
+# the dependency graph show up, and that the healthy `catalog` upstream was
+# never tripped. Everything stays on 127.0.0.1; everything started here is
+# stopped on exit. Prints `e2e: N passed, M failed` and exits non-zero on any
+# failure. Runs in about a minute once the example is built.
+#
+# Environment: E2E_PHASE_SECS (default 8), E2E_DURATION_SECS (default 5
+# phases), E2E_METRICS_PORT (default 9464), E2E_PROMETHEUS_PORT (default
+# 9090); a busy default port is replaced by a free one.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+PHASE=${E2E_PHASE_SECS:-8}
+DURATION=${E2E_DURATION_SECS:-$((PHASE * 5))}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+log() { printf '==> %s\n' "$*"; }
+die() {
+    echo "e2e: $*" >&2
+    echo "e2e: 0 passed, 1 failed"
+    exit 1
+}
+
+# ---------------------------------------------------------------------------
+# Tools: curl, python3 (JSON), prometheus. Installed with apt when missing.
+# ---------------------------------------------------------------------------
+install_missing() {
+    local pkgs=()
+    command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+    command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+    command -v prometheus >/dev/null 2>&1 || pkgs+=(prometheus)
+    [ "${#pkgs[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "e2e: missing ${pkgs[*]}; install them (Debian: apt-get install --no-install-recommends ${pkgs[*]})" >&2
+        return 1
+    fi
+    log "installing ${pkgs[*]} with apt-get"
+    # Keep the prometheus package's postinst from starting a daemon on :9090.
+    local policy=/usr/sbin/policy-rc.d own_policy=0 rc=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+    } || rc=$?
+    [ "$own_policy" -eq 1 ] && rm -f "$policy"
+    return "$rc"
+}
+install_missing || die "could not install the tools it needs"
+
+# A free TCP port on 127.0.0.1: the preferred one if it is free.
+free_port() {
+    python3 - "$1" <<'PY'
+import socket, sys
+preferred = int(sys.argv[1])
+for port in (preferred, 0):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        print(s.getsockname()[1])
+        break
+    except OSError:
+        continue
+    finally:
+        s.close()
+PY
+}
+
+# ---------------------------------------------------------------------------
+# Processes, temp dir, cleanup
+# ---------------------------------------------------------------------------
+tmp=$(mktemp -d)
+demo_pid=
+prom_pid=
+cleanup() {
+    for pid in $prom_pid $demo_pid; do
+        kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+show_logs() {
+    echo "--- mesh_demo log (last 30 lines)" >&2
+    tail -n 30 "$tmp/demo.log" >&2 2>/dev/null
+    echo "--- prometheus log (last 15 lines)" >&2
+    tail -n 15 "$tmp/prometheus.log" >&2 2>/dev/null
+}
+
+log "building mesh_demo"
+cargo build --quiet --example mesh_demo --all-features || die "cargo build --example mesh_demo failed"
+demo_bin="$TARGET_DIR/debug/examples/mesh_demo"
+[ -x "$demo_bin" ] || die "no $demo_bin after the build"
+
+metrics_port=$(free_port "${E2E_METRICS_PORT:-9464}")
+prom_port=$(free_port "${E2E_PROMETHEUS_PORT:-9090}")
+[ -n "$metrics_port" ] && [ -n "$prom_port" ] || die "no free port on 127.0.0.1"
+token="e2e-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+printf '%s' "$token" >"$tmp/metrics-token"
+
+log "starting mesh_demo: ${DURATION}s, phases of ${PHASE}s, metrics on 127.0.0.1:$metrics_port"
+"$demo_bin" --duration-secs "$DURATION" --phase-secs "$PHASE" --port "$metrics_port" \
+    --gateway-port 0 --token "$token" >"$tmp/demo.log" 2>&1 &
+demo_pid=$!
+started=$SECONDS
+
+metrics_url="http://127.0.0.1:$metrics_port/metrics"
+ready=0
+for _ in $(seq 1 100); do
+    if curl -sf --max-time 2 -H "Authorization: Bearer $token" "$metrics_url" 2>/dev/null |
+        grep -q '^circuit_breaker_state'; then
+        ready=1
+        break
+    fi
+    kill -0 "$demo_pid" 2>/dev/null || break
+    sleep 0.2
+done
+[ "$ready" -eq 1 ] || { show_logs; die "mesh_demo did not serve $metrics_url within 20 s"; }
+
+# ---------------------------------------------------------------------------
+# Prometheus: the deploy kit's config, pointed at this demo, token enabled.
+# ---------------------------------------------------------------------------
+sed -e "s/127\.0\.0\.1:9464/127.0.0.1:$metrics_port/" \
+    -e 's/^    # authorization:$/    authorization:/' \
+    -e 's/^    #   type: Bearer$/      type: Bearer/' \
+    -e 's/^    #   credentials_file: metrics-token$/      credentials_file: metrics-token/' \
+    deploy/prometheus.yml >"$tmp/prometheus.yml"
+cp deploy/alerts.yml "$tmp/alerts.yml"
+grep -q "127.0.0.1:$metrics_port" "$tmp/prometheus.yml" &&
+    grep -q '^      credentials_file: metrics-token$' "$tmp/prometheus.yml" ||
+    die "deploy/prometheus.yml changed shape: expected target 127.0.0.1:9464 and a commented authorization block with credentials_file: metrics-token"
+
+log "starting prometheus on 127.0.0.1:$prom_port"
+prometheus --config.file="$tmp/prometheus.yml" \
+    --web.listen-address="127.0.0.1:$prom_port" \
+    --storage.tsdb.path="$tmp/tsdb" \
+    --storage.tsdb.retention.time=1h \
+    --log.level=warn >"$tmp/prometheus.log" 2>&1 &
+prom_pid=$!
+api="http://127.0.0.1:$prom_port"
+ready=0
+for _ in $(seq 1 150); do
+    if curl -sf --max-time 2 "$api/-/ready" >/dev/null 2>&1; then
+        ready=1
+        break
+    fi
+    kill -0 "$prom_pid" 2>/dev/null || break
+    sleep 0.2
+done
+[ "$ready" -eq 1 ] || { show_logs; die "prometheus did not become ready on $api within 30 s"; }
+
+# ---------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------
+# `holds EXPR`: true if the instant query EXPR returns a non-empty result (a
+# comparison in PromQL filters out what does not hold).
+holds() {
+    curl -sf --max-time 5 -G "$api/api/v1/query" --data-urlencode "query=$1" 2>/dev/null |
+        python3 -c 'import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if d.get("status") == "success" and d["data"]["result"] else 1)'
+}
+
+# Latched checks: each passes once its expression holds at some poll.
+names=(
+    "prometheus scrapes the demo with the bearer token (up == 1)"
+    "orders breaker opened (transitions to=open > 0, state open == 1)"
+    "orders breaker rejected calls (rejections_total > 0, requests_total{status=rejected} > 0)"
+    "orders breaker recovered (state closed == 1, recovery_duration_seconds_count > 0)"
+    "cascade: payments opened, frontend saw checkout fail, 4 dependency edges"
+    "catalog (healthy, own breaker) served calls"
+    "alert rules loaded and evaluated without error"
+)
+exprs=(
+    'up{job="tower-breaker-demo"} == 1'
+    'sum(circuit_breaker_transitions_total{service="orders",to="open"}) > 0
+       and on() max_over_time(circuit_breaker_state{service="orders",state="open"}[10m]) == 1'
+    'sum(circuit_breaker_rejections_total{service="orders"}) > 0
+       and on() sum(circuit_breaker_requests_total{service="orders",status="rejected"}) > 0'
+    'circuit_breaker_state{service="orders",state="closed"} == 1
+       and on() sum(circuit_breaker_recovery_duration_seconds_count{service="orders"}) > 0
+       and on() sum(circuit_breaker_transitions_total{service="orders",to="closed"}) > 0'
+    'sum(circuit_breaker_transitions_total{service="payments",to="open"}) > 0
+       and on() sum(circuit_breaker_failures_total{service="checkout"}) > 0
+       and on() count(circuit_breaker_dependency == 1) >= 4'
+    'sum(circuit_breaker_requests_total{service="catalog",status="success"}) > 0'
+    ''
+)
+passed_at=()
+for i in "${!names[@]}"; do passed_at[i]=; done
+
+rules_ok() {
+    curl -sf --max-time 5 "$api/api/v1/rules" 2>/dev/null | python3 -c 'import json, sys
+rules = [r for g in json.load(sys.stdin)["data"]["groups"] for r in g["rules"]]
+names = {r["name"] for r in rules}
+want = {"CircuitBreakerOpenTooLong", "CircuitBreakerFlapping",
+        "CircuitBreakerTripRiskHigh", "CircuitBreakerHighRejectionRatio"}
+ok = want <= names and all(r.get("health") == "ok" for r in rules)
+sys.exit(0 if ok else 1)'
+}
+
+# Never-trip check: the healthy upstream's breaker must not open.
+catalog_tripped='sum(circuit_breaker_transitions_total{service="catalog",to="open"}) > 0'
+catalog_opened=0
+
+log "polling the Prometheus API while the demo runs (up to ${DURATION}s)"
+while kill -0 "$demo_pid" 2>/dev/null; do
+    all=1
+    for i in "${!names[@]}"; do
+        [ -n "${passed_at[i]}" ] && continue
+        if [ -z "${exprs[i]}" ]; then
+            rules_ok && passed_at[i]=$((SECONDS - started))
+        elif holds "${exprs[i]}"; then
+            passed_at[i]=$((SECONDS - started))
+        fi
+        [ -n "${passed_at[i]}" ] || all=0
+    done
+    holds "$catalog_tripped" && catalog_opened=1
+    [ "$all" -eq 1 ] && [ "$catalog_opened" -eq 0 ] && [ $((SECONDS - started)) -ge $((PHASE * 4)) ] && break
+    sleep 2
+done
+
+# The demo stops by itself after --duration-secs.
+exit_code=
+deadline=$((started + DURATION + 30))
+while [ "$SECONDS" -lt "$deadline" ]; do
+    if ! kill -0 "$demo_pid" 2>/dev/null; then
+        wait "$demo_pid"
+        exit_code=$?
+        demo_pid=
+        break
+    fi
+    sleep 1
+done
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+passed=0
+failed=0
+report() { # name, ok (0/1), detail
+    if [ "$2" -eq 1 ]; then
+        passed=$((passed + 1))
+        printf 'PASS  %s%s\n' "$1" "${3:+ ($3)}"
+    else
+        failed=$((failed + 1))
+        printf 'FAIL  %s%s\n' "$1" "${3:+ ($3)}"
+    fi
+}
+for i in "${!names[@]}"; do
+    if [ -n "${passed_at[i]}" ]; then
+        report "${names[i]}" 1 "after ${passed_at[i]}s"
+    else
+        report "${names[i]}" 0 "never held; query: $(echo "${exprs[i]:-GET /api/v1/rules}" | tr -s ' \n' ' ')"
+    fi
+done
+if [ "$catalog_opened" -eq 0 ]; then
+    report "catalog breaker never opened (per-upstream breakers isolate the failing upstream)" 1
+else
+    report "catalog breaker never opened (per-upstream breakers isolate the failing upstream)" 0 "query held: $catalog_tripped"
+fi
+if grep -q 'early warning: gateway -> orders' "$tmp/demo.log"; then
+    report "early warning logged for gateway -> orders" 1
+else
+    report "early warning logged for gateway -> orders" 0 "no 'early warning: gateway -> orders' line in the demo log"
+fi
+if [ "$exit_code" = 0 ]; then
+    report "mesh_demo stopped by itself after ${DURATION}s with status 0" 1
+else
+    report "mesh_demo stopped by itself after ${DURATION}s with status 0" 0 "status: ${exit_code:-still running}"
+fi
+
+[ "$failed" -eq 0 ] || show_logs
+echo "e2e: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
