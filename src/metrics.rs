@@ -496,6 +496,17 @@ impl Handles {
         }
     }
 
+    /// Zeroes the state gauge (every state 0) and the rates: the series of
+    /// a breaker that is gone, such as an evicted key's.
+    pub(crate) fn set_idle(&self) {
+        for gauge in &self.state {
+            gauge.set(0.0);
+        }
+        self.error_rate.set(0.0);
+        self.slow_call_rate.set(0.0);
+        self.trip_risk.set(0.0);
+    }
+
     /// Records a recovery time.
     pub(crate) fn recovered(&self, seconds: f64) {
         self.recovery.record(seconds);
