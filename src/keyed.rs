@@ -630,7 +630,8 @@ impl Keys {
 /// `idle_timeout`, the `__overflow__` breaker), the memory per key, and the
 /// lock-free read path. All services made by one layer share its keys.
 ///
-/// ```
+#[cfg_attr(feature = "http", doc = "```")]
+#[cfg_attr(not(feature = "http"), doc = "```ignore")]
 /// use std::time::Duration;
 /// use tower::{service_fn, Layer, ServiceExt};
 /// use tower_breaker::{keyed::ByAuthority, CircuitBreakerLayer, CircuitOpen};

@@ -1,6 +1,8 @@
 //! Per-key breakers: isolation, extractors, overflow, eviction, bounds,
 //! concurrency.
 
+#![cfg(feature = "http")]
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
