@@ -576,3 +576,16 @@ fn layers_are_send_sync_clone() {
     check::<KeyedCircuitBreakerLayer<ByHeader>>();
     check::<KeyedCircuitBreakerLayer<ByPath>>();
 }
+
+#[test]
+fn state_changes_name_their_breaker() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hook = seen.clone();
+    let layer = CircuitBreakerLayer::builder()
+        .name("plain-hooks")
+        .on_state_change(move |c| hook.lock().unwrap().push(c.service.to_string()))
+        .build()
+        .unwrap();
+    layer.handle().force_open();
+    assert_eq!(*seen.lock().unwrap(), ["plain-hooks"]);
+}
