@@ -537,7 +537,7 @@ impl Keys {
             self.limit.store(map.len(), Ordering::Relaxed);
             return self.overflow();
         }
-        let breaker = Arc::new(self.template.breaker(label));
+        let breaker = self.template.breaker(label);
         let entry = Arc::new(Entry {
             breaker: breaker.clone(),
             touched: AtomicBool::new(false),
@@ -573,7 +573,7 @@ impl Keys {
 
     fn overflow(&self) -> Arc<Breaker> {
         self.overflow
-            .get_or_init(|| Arc::new(self.template.breaker(ServiceLabel::acquire(OVERFLOW_LABEL))))
+            .get_or_init(|| self.template.breaker(ServiceLabel::acquire(OVERFLOW_LABEL)))
             .clone()
     }
 

@@ -446,7 +446,7 @@ impl<C> Builder<C> {
         let (template, classifier) = self.into_template()?;
         let label = ServiceLabel::acquire(&template.name);
         Ok(CircuitBreakerLayer {
-            breaker: Arc::new(template.breaker(label)),
+            breaker: template.breaker(label),
             classifier,
         })
     }
@@ -504,7 +504,7 @@ impl fmt::Debug for Template {
 
 impl Template {
     /// A fresh Closed breaker reporting under `label`.
-    pub(crate) fn breaker(&self, label: ServiceLabel) -> Breaker {
+    pub(crate) fn breaker(&self, label: ServiceLabel) -> Arc<Breaker> {
         let window = match self.window {
             WindowConfig::Count(n) => Window::Count(CountWindow::new(n)),
             WindowConfig::Time { span, buckets } => {
@@ -523,13 +523,13 @@ impl Template {
             h.slow_call_rate.set(0.0);
             h.trip_risk.set(0.0);
         });
-        Breaker::new(
+        Arc::new(Breaker::new(
             machine,
             metrics,
             self.clock.clone(),
             timed,
             self.hooks.clone(),
-        )
+        ))
     }
 
     /// The heap bytes of one breaker's window.
