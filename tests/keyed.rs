@@ -589,3 +589,37 @@ fn state_changes_name_their_breaker() {
     layer.handle().force_open();
     assert_eq!(*seen.lock().unwrap(), ["plain-hooks"]);
 }
+
+#[test]
+fn keyed_breakers_take_the_http_classifier() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(2)
+        .classifier(tower_breaker::classify::HttpClassifier::new())
+        .keyed(ByAuthority)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(service_fn(|req: Req| {
+        let status = if req.uri().host() == Some("flaky.mesh.test") {
+            503
+        } else {
+            200
+        };
+        std::future::ready(Ok::<_, std::io::Error>(
+            http::Response::builder().status(status).body(()).unwrap(),
+        ))
+    }));
+    for _ in 0..2 {
+        let res = call(&mut svc, get("http://flaky.mesh.test/")).unwrap();
+        assert_eq!(res.status(), 503);
+    }
+    assert_eq!(
+        rejected_by(call(&mut svc, get("http://flaky.mesh.test/"))).as_deref(),
+        Some("flaky.mesh.test")
+    );
+    let res = call(&mut svc, get("http://steady.mesh.test/")).unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        layer.handle("steady.mesh.test").unwrap().state(),
+        State::Closed
+    );
+}
