@@ -374,8 +374,9 @@ impl InFlight {
     }
 
     /// Passes on the upstream's hint of when to try again (`Retry-After`,
-    /// `grpc-retry-pushback-ms`): if this call trips or reopens the breaker,
-    /// it stays open at least this long, up to the configured cap.
+    /// `grpc-retry-pushback-ms`): if the breaker trips or reopens before a
+    /// later call succeeds, it stays open at least this long, up to the
+    /// configured cap. Call it before [`finish`](InFlight::finish).
     pub fn retry_after(&self, after: Duration) {
         self.breaker.machine.hint(after);
     }
