@@ -2,14 +2,16 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::classify::{FailureKind, Outcome};
 use crate::clock::Clock;
+use crate::dependency::EdgeGuard;
 use crate::error::CircuitOpen;
 use crate::metrics::{BreakerMetrics, Handles, HandlesRef, MetricsLevel, Transition};
 use crate::policy::Policy;
+use crate::predict::{Prediction, Predictor};
 use crate::state::{Admission, Machine, Observer, Reason, State, StateChange, Ticket};
 use crate::window::Counts;
 
@@ -34,6 +36,18 @@ pub(crate) struct Breaker {
     /// When the rate gauges were last set (clock nanoseconds).
     rates_at: AtomicU64,
     hooks: Vec<StateHook>,
+    /// The trend estimator, when early warning is on.
+    predictor: Option<Predictor>,
+    /// This breaker's `caller -> name` edge, when it has a caller.
+    pub(crate) dependency: OnceLock<EdgeGuard>,
+}
+
+/// What the dependency graph shows of a breaker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View {
+    pub(crate) state: State,
+    pub(crate) error_rate: f64,
+    pub(crate) trip_risk: f64,
 }
 
 impl fmt::Debug for Breaker {
@@ -70,7 +84,20 @@ impl Breaker {
             clock,
             timed,
             hooks,
+            predictor: None,
+            dependency: OnceLock::new(),
         }
+    }
+
+    /// Turns on early warning with this estimator.
+    pub(crate) fn with_predictor(mut self, predictor: Option<Predictor>) -> Self {
+        self.predictor = predictor;
+        self
+    }
+
+    /// The latest prediction, when early warning is on.
+    pub(crate) fn prediction(&self) -> Option<Prediction> {
+        self.predictor.as_ref().and_then(Predictor::latest)
     }
 
     pub(crate) fn service(&self) -> &Arc<str> {
@@ -102,6 +129,28 @@ impl Breaker {
             }
         }
         self.update_rates(h, self.clock.now());
+        if let Some(edge) = self.dependency.get() {
+            edge.publish();
+        }
+    }
+
+    /// State, error rate and trip risk (as the gauge shows it), now.
+    pub(crate) fn view(&self) -> View {
+        let now = self.clock.now();
+        let counts = self.machine.window().counts(now);
+        View {
+            state: self.machine.state(),
+            error_rate: counts.failure_rate(),
+            trip_risk: self.trip_risk(&counts, now),
+        }
+    }
+
+    /// The policies' risk, raised to the projected risk under early warning.
+    fn with_trend(&self, risk: f64) -> f64 {
+        match &self.predictor {
+            Some(p) => risk.max(p.projected()),
+            None => risk,
+        }
     }
 
     /// Asks the machine whether a call may go through.
@@ -142,7 +191,22 @@ impl Breaker {
         };
         handles.finished(reported, elapsed as f64 * 1e-9);
         let changed = self.machine.record(ticket, outcome, elapsed, end, self);
-        if changed || (self.time_window && self.rates_due(end)) {
+        if changed {
+            // Not the hot path: the window's totals or the streak changed.
+            let warning = match &self.predictor {
+                Some(p) if matches!(self.machine.state(), State::Closed | State::MetricsOnly) => {
+                    // An untimed breaker did not read the clock; the trend needs it.
+                    let now = if self.timed { end } else { self.clock.now() };
+                    let counts = self.machine.window().counts(now);
+                    p.observe(self.service(), &counts, now)
+                }
+                _ => None,
+            };
+            self.update_rates(&handles, end);
+            if let (Some(p), Some(warning)) = (&self.predictor, warning) {
+                p.fire(&warning);
+            }
+        } else if self.time_window && self.rates_due(end) {
             self.update_rates(&handles, end);
         }
     }
@@ -164,17 +228,25 @@ impl Breaker {
         h.trip_risk.set(self.trip_risk(&counts, now));
     }
 
-    /// The trip-risk gauge: the policies' progress while they judge calls,
-    /// 1 while the breaker is (or would be, in shadow mode) open or half-open
-    /// or forced open, 0 when disabled.
+    /// The trip-risk gauge: the policies' progress while they judge calls
+    /// (raised to the projection under early warning), 1 while the breaker
+    /// is (or would be, in shadow mode) open, half-open or forced open, 0
+    /// when disabled.
     fn trip_risk(&self, counts: &Counts, now: u64) -> f64 {
         match self.machine.state() {
-            State::Closed => self
-                .machine
-                .policy()
-                .trip_risk(counts, self.machine.consecutive_failures()),
+            State::Closed => self.with_trend(
+                self.machine
+                    .policy()
+                    .trip_risk(counts, self.machine.consecutive_failures()),
+            ),
             State::Disabled => 0.0,
-            State::MetricsOnly => self.machine.snapshot(now).trip_risk,
+            State::MetricsOnly => {
+                let shadow = self.machine.snapshot(now);
+                match shadow.machine_state {
+                    State::Closed => self.with_trend(shadow.trip_risk),
+                    _ => 1.0,
+                }
+            }
             State::Open | State::HalfOpen | State::ForcedOpen => 1.0,
         }
     }
@@ -186,6 +258,10 @@ impl Observer for Breaker {
         let handles = self.handles();
         if let Some(recovery) = change.recovery {
             handles.recovered(recovery.as_secs_f64());
+        }
+        if let Some(p) = &self.predictor {
+            // A new phase: the old trend says nothing about it.
+            p.reset();
         }
         // Every recorder that knows this breaker sees its new state, not only
         // the one current on this thread.
@@ -308,8 +384,9 @@ impl InFlight {
     }
 
     /// Passes on the upstream's hint of when to try again (`Retry-After`,
-    /// `grpc-retry-pushback-ms`): if this call trips or reopens the breaker,
-    /// it stays open at least this long, up to the configured cap.
+    /// `grpc-retry-pushback-ms`): if the breaker trips or reopens before a
+    /// later call succeeds, it stays open at least this long, up to the
+    /// configured cap. Call it before [`finish`](InFlight::finish).
     pub fn retry_after(&self, after: Duration) {
         self.breaker.machine.hint(after);
     }

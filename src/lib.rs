@@ -73,6 +73,7 @@ pub mod body;
 mod breaker;
 pub mod classify;
 mod clock;
+pub mod dependency;
 mod error;
 #[cfg(feature = "prometheus")]
 pub mod exporter;
@@ -82,6 +83,7 @@ pub mod keyed;
 mod layer;
 pub mod metrics;
 mod policy;
+pub mod predict;
 mod service;
 pub mod state;
 #[cfg(feature = "tonic")]
@@ -98,6 +100,7 @@ pub use crate::handle::CircuitBreakerHandle;
 pub use crate::keyed::{KeyExtractor, KeyedBuilder, KeyedCircuitBreaker, KeyedCircuitBreakerLayer};
 pub use crate::layer::{Builder, CircuitBreakerLayer, MAX_WINDOW_SIZE};
 pub use crate::metrics::MetricsLevel;
+pub use crate::predict::{EarlyWarning, Prediction};
 pub use crate::service::CircuitBreaker;
 pub use crate::state::{Reason, Snapshot, State, StateChange};
 

@@ -337,7 +337,7 @@ impl fmt::Debug for ServiceLabel {
 
 /// The identity of the recorder the facade would use here and now.
 #[inline]
-fn current_recorder() -> usize {
+pub(crate) fn current_recorder() -> usize {
     metrics::with_recorder(|r| (r as *const dyn Recorder).cast::<()>() as usize)
 }
 
@@ -602,6 +602,10 @@ impl BreakerMetrics {
         self.create_expected();
         fresh(&handles);
         handles
+    }
+
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
     }
 
     /// The handles for the current recorder; `fresh` runs once for each
