@@ -46,12 +46,13 @@
 //! window) and its cached metric handles:
 //! [`memory_per_key`](KeyedCircuitBreakerLayer::memory_per_key) computes the
 //! figure for a configuration. With the default count window of 100 it is
-//! about 7.4 KiB on 64-bit targets (documented bound: 8 KiB), of which
+//! about 7.7 KiB on 64-bit targets (documented bound: 10 KiB), of which
 //! 6.6 KiB is the breaker's metric handle cache (four recorder slots of
-//! 1.7 KiB, reserved inline whether used or not) and 0.3 KiB its state
-//! machine; a 10,000-key layer stays under 80 MiB, and `max_keys` bounds
-//! the total. A count window adds one byte per call it holds, a time window
-//! 32 bytes per bucket. The recorder's own storage per series comes on top.
+//! 1.7 KiB, reserved inline whether used or not) and most of the rest its
+//! state machine and early-warning state; a 10,000-key layer stays under
+//! 100 MiB, and `max_keys` bounds the total. A count window adds one byte
+//! per call it holds, a time window 32 bytes per bucket. The recorder's own
+//! storage per series comes on top.
 //!
 //! # Concurrency
 //!
@@ -347,6 +348,9 @@ impl<C> Builder<C> {
     /// builder's own [`name`](Builder::name) is not used. Hooks
     /// ([`on_state_change`](Builder::on_state_change)) are shared by all
     /// keys: tell them apart by [`StateChange::service`](crate::StateChange).
+    /// Each key's breaker has its own early-warning predictor, if
+    /// configured, and its own `caller -> key` edge in the
+    /// [`dependency`](crate::dependency) graph, gone when the key is evicted.
     pub fn keyed<K>(self, extractor: K) -> KeyedBuilder<K, C> {
         KeyedBuilder {
             builder: self,

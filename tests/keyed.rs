@@ -537,10 +537,10 @@ fn memory_per_key_is_bounded() {
             .unwrap()
     };
     let per_key = layer(100).memory_per_key();
-    // The documented bound (see the `keyed` module): under 8 KiB a key
-    // with the default window, so 10,000 keys stay under 80 MiB.
-    assert!(per_key < 8 << 10, "{per_key} bytes per key");
-    assert!(10_000 * per_key < 80 << 20);
+    // The documented bound (see the `keyed` module): under 10 KiB a key
+    // with the default window, so 10,000 keys stay under 100 MiB.
+    assert!(per_key < 10 << 10, "{per_key} bytes per key");
+    assert!(10_000 * per_key < 100 << 20);
     // It counts at least the parts whose sizes are known from outside: a
     // 100-byte window and a 64-byte label.
     assert!(per_key > 164);
@@ -622,4 +622,31 @@ fn keyed_breakers_take_the_http_classifier() {
         layer.handle("steady.mesh.test").unwrap().state(),
         State::Closed
     );
+}
+
+#[test]
+fn each_key_is_an_edge_of_the_dependency_graph_until_evicted() {
+    use tower_breaker::dependency::DependencyGraph;
+    let (clock, manual) = Clock::manual();
+    let layer = CircuitBreakerLayer::builder()
+        .clock(clock)
+        .caller("edge-gateway")
+        .keyed(ByAuthority)
+        .idle_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(Upstreams::default().service(host_of));
+    call(&mut svc, get("http://cart.graph.test/")).unwrap();
+    call(&mut svc, get("http://pay.graph.test/")).unwrap();
+    let graph = DependencyGraph::snapshot();
+    assert!(graph.edge("edge-gateway", "cart.graph.test").is_some());
+    assert!(graph.edge("edge-gateway", "pay.graph.test").is_some());
+
+    manual.advance(Duration::from_secs(30));
+    call(&mut svc, get("http://pay.graph.test/")).unwrap();
+    manual.advance(Duration::from_secs(30));
+    assert_eq!(layer.evict_idle(), 1);
+    let graph = DependencyGraph::snapshot();
+    assert!(graph.edge("edge-gateway", "cart.graph.test").is_none());
+    assert!(graph.edge("edge-gateway", "pay.graph.test").is_some());
 }
