@@ -46,11 +46,11 @@
 //! window) and its cached metric handles:
 //! [`memory_per_key`](KeyedCircuitBreakerLayer::memory_per_key) computes the
 //! figure for a configuration. With the default count window of 100 it is
-//! about 7.7 KiB on 64-bit targets (documented bound: 10 KiB), of which
-//! 6.6 KiB is the breaker's metric handle cache (four recorder slots of
-//! 1.7 KiB, reserved inline whether used or not) and most of the rest its
-//! state machine and early-warning state; a 10,000-key layer stays under
-//! 100 MiB, and `max_keys` bounds the total. A count window adds one byte
+//! about 2.9 KiB on 64-bit targets (documented bound: 4 KiB): the state
+//! machine, its window and early-warning state, the metric handles of one
+//! recorder (boxed, about 1.7 KiB; a breaker that sees more recorders holds
+//! one box each) and the map entry and label. A 10,000-key layer stays
+//! under 40 MiB, and `max_keys` bounds the total. A count window adds one byte
 //! per call it holds, a time window 32 bytes per bucket. The recorder's own
 //! storage per series comes on top.
 //!
@@ -731,11 +731,13 @@ impl<K, C> KeyedCircuitBreakerLayer<K, C> {
         let entry = ARC + size_of::<Entry>();
         let breaker = ARC + size_of::<Breaker>() + self.keys.template.window_bytes();
         let hooks = self.keys.template.hooks_len() * size_of::<usize>() * 2;
-        // The metric handle cache (a slot per recorder) lives inside the
-        // breaker, counted above; the handles point into the recorder.
+        // The metric handle cache: the slots live inside the breaker,
+        // counted above; one recorder's handles are boxed beside it (more
+        // recorders, more boxes). The handles point into the recorder.
+        let handles = crate::metrics::HANDLES_BYTES;
         // The label string, and its slot in the process-wide label registry.
         let label = ARC + 64 + (size_of::<(Arc<str>, usize)>() + 1) * 16 / 7;
-        slot + entry + breaker + hooks + label
+        slot + entry + breaker + handles + hooks + label
     }
 }
 
