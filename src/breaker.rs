@@ -110,6 +110,12 @@ impl Breaker {
         self.metrics.handles(|h| self.sync_gauges(h))
     }
 
+    /// Marks the breaker's series idle (its key was evicted): every state
+    /// gauge 0, rates 0.
+    pub(crate) fn retire(&self) {
+        self.handles().set_idle();
+    }
+
     /// Brings a fresh set of handles up to date with the breaker.
     fn sync_gauges(&self, h: &Handles) {
         // Outside the transition lock: a transition racing this one sets the
@@ -270,6 +276,10 @@ impl Observer for Breaker {
         }
     }
 
+    fn name(&self) -> Arc<str> {
+        self.service().clone()
+    }
+
     fn on_transition(&self, change: StateChange) {
         #[cfg(feature = "tracing")]
         log_transition(self.service(), &change);
@@ -374,8 +384,9 @@ impl InFlight {
     }
 
     /// Passes on the upstream's hint of when to try again (`Retry-After`,
-    /// `grpc-retry-pushback-ms`): if this call trips or reopens the breaker,
-    /// it stays open at least this long, up to the configured cap.
+    /// `grpc-retry-pushback-ms`): if the breaker trips or reopens before a
+    /// later call succeeds, it stays open at least this long, up to the
+    /// configured cap. Call it before [`finish`](InFlight::finish).
     pub fn retry_after(&self, after: Duration) {
         self.breaker.machine.hint(after);
     }

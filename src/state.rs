@@ -21,7 +21,7 @@
 //!
 //! **Closed** means requests flow: outcomes feed the window and the policies
 //! decide when to trip. **Open** refuses calls without touching the inner
-//! service until the open duration (see [`Backoff`](crate::Backoff)) has
+//! service until the open duration (see [`crate::Backoff`]) has
 //! elapsed. **HalfOpen** admits exactly `N` probe calls, however many callers
 //! race for them: the first failure reopens, `M` successes close. A probe
 //! that is dropped, or says nothing ([`Outcome::Ignored`]), gives its permit
@@ -34,11 +34,11 @@
 //! started while Closed cannot reopen a breaker that has since recovered.
 //! Transitions themselves are rare and take a lock; admission and recording
 //! never do. The machine takes the time as an argument and does no I/O: it
-//! tells an [`Observer`] about transitions, and the caller turns those into
+//! tells an observer about transitions, and the caller turns those into
 //! metrics, logs and hooks.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backoff::{hint_nanos, Backoff, Jitter};
@@ -180,6 +180,9 @@ pub struct StateChange {
     pub recovery: Option<Duration>,
     /// When opening: how long the breaker stays open.
     pub open_for: Option<Duration>,
+    /// The breaker's name (its `service` label): tells keyed breakers,
+    /// which share their hooks, apart.
+    pub service: Arc<str>,
 }
 
 /// Told about every transition.
@@ -188,6 +191,10 @@ pub(crate) trait Observer {
     fn on_transition_locked(&self, change: &StateChange);
     /// Called after the lock is released (logs, user hooks).
     fn on_transition(&self, change: StateChange);
+    /// The breaker's name, for [`StateChange::service`].
+    fn name(&self) -> Arc<str> {
+        Arc::from("")
+    }
 }
 
 // The state word: | epoch:24 | successes:16 | admitted:16 | unused:4 | mode:2 | machine:2 |
@@ -507,6 +514,11 @@ impl Machine {
                     self.consecutive.store(0, Ordering::Relaxed);
                     streak_changed = true;
                 }
+                // A success since the hint says the upstream answered again:
+                // the hint must not stretch a trip much later.
+                if self.hint.load(Ordering::Relaxed) != 0 {
+                    self.hint.store(0, Ordering::Relaxed);
+                }
                 (false, 0)
             }
             Outcome::Failure(_) => {
@@ -589,7 +601,8 @@ impl Machine {
             });
     }
 
-    /// Remembers a server's hint (Retry-After) for the next open duration.
+    /// Remembers a server's hint (Retry-After) for the next open duration,
+    /// until a success in Closed makes it stale.
     pub(crate) fn hint(&self, retry_after: Duration) {
         let nanos = hint_nanos(retry_after, self.config.retry_after_cap).max(1);
         self.hint.store(nanos, Ordering::Release);
@@ -692,6 +705,7 @@ impl Machine {
                 shadow,
                 recovery,
                 open_for,
+                service: obs.name(),
             };
             obs.on_transition_locked(&change);
             change

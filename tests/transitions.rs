@@ -201,3 +201,86 @@ async fn stale_outcomes_do_not_count() {
         "a stale failure is not judged"
     );
 }
+
+/// Fails every call; calls with `Some(d)` also carry a `Retry-After` of `d`.
+#[derive(Clone, Copy, Debug)]
+struct HintOnFailure;
+
+impl tower_breaker::classify::Classify<(bool, Option<Duration>)> for HintOnFailure {
+    type Response = ();
+
+    fn classify_response(
+        &self,
+        (ok, hint): (bool, Option<Duration>),
+        call: tower_breaker::InFlight,
+    ) {
+        if let Some(hint) = hint {
+            call.retry_after(hint);
+        }
+        call.finish(if ok {
+            tower_breaker::Outcome::Success
+        } else {
+            tower_breaker::Outcome::Failure(tower_breaker::FailureKind::HTTP_5XX)
+        });
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_extends_the_trip_but_goes_stale_after_a_success() {
+    use tower::{Service, ServiceExt};
+    let layer = CircuitBreakerLayer::builder()
+        .name("t-hint")
+        .clock(Clock::tokio())
+        .consecutive_failures(2)
+        .open_duration(Backoff::fixed(Duration::from_secs(10)))
+        .classifier(HintOnFailure)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(tower::service_fn(
+        |r: (bool, Option<Duration>)| async move { Ok::<_, std::io::Error>(r) },
+    ));
+    // A hint, then a success: stale.
+    svc.ready()
+        .await
+        .unwrap()
+        .call((false, Some(Duration::from_secs(120))))
+        .await
+        .unwrap();
+    svc.ready().await.unwrap().call((true, None)).await.unwrap();
+    svc.ready()
+        .await
+        .unwrap()
+        .call((false, None))
+        .await
+        .unwrap();
+    svc.ready()
+        .await
+        .unwrap()
+        .call((false, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        handle.snapshot().open_remaining,
+        Some(Duration::from_secs(10))
+    );
+
+    // A hint on the tripping failure keeps the breaker open that long.
+    handle.reset();
+    svc.ready()
+        .await
+        .unwrap()
+        .call((false, None))
+        .await
+        .unwrap();
+    svc.ready()
+        .await
+        .unwrap()
+        .call((false, Some(Duration::from_secs(120))))
+        .await
+        .unwrap();
+    assert_eq!(
+        handle.snapshot().open_remaining,
+        Some(Duration::from_secs(120))
+    );
+}

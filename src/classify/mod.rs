@@ -260,9 +260,12 @@ where
 /// - tower's and tokio's `Elapsed`, or an `io::Error` of kind `TimedOut`:
 ///   [`FailureKind::TIMEOUT`];
 /// - an `io::Error` of kind `ConnectionRefused`, `ConnectionReset`,
-///   `ConnectionAborted`, `NotConnected`, `AddrNotAvailable`, or an error
-///   whose type says it is a connect error: [`FailureKind::CONNECT`];
+///   `ConnectionAborted`, `NotConnected` or `AddrNotAvailable` (hyper-util's
+///   connect errors carry one as their source): [`FailureKind::CONNECT`];
 /// - anything else: [`FailureKind::ERROR`].
+///
+/// The walk looks inside an `io::Error` that wraps another error
+/// (`io::Error::other(e)`), whose `source()` would skip it.
 pub fn classify_error(error: &(dyn Error + 'static)) -> Outcome {
     let mut current: Option<&(dyn Error + 'static)> = Some(error);
     while let Some(err) = current {
@@ -272,6 +275,7 @@ pub fn classify_error(error: &(dyn Error + 'static)) -> Outcome {
         if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
             return Outcome::Failure(FailureKind::TIMEOUT);
         }
+        let mut next = err.source();
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             match io.kind() {
@@ -280,8 +284,11 @@ pub fn classify_error(error: &(dyn Error + 'static)) -> Outcome {
                 | AddrNotAvailable => return Outcome::Failure(FailureKind::CONNECT),
                 _ => {}
             }
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner as &(dyn Error + 'static));
+            }
         }
-        current = err.source();
+        current = next;
     }
     Outcome::Failure(FailureKind::ERROR)
 }
@@ -319,5 +326,17 @@ mod tests {
         );
         let other = std::io::Error::other("boom");
         assert_eq!(classify_error(&other), Outcome::Failure(FailureKind::ERROR));
+        // io::Error::other(e) hides `e` from source(): looked at all the same.
+        let wrapped = std::io::Error::other(tower::timeout::error::Elapsed::new());
+        assert_eq!(
+            classify_error(&wrapped),
+            Outcome::Failure(FailureKind::TIMEOUT)
+        );
+        let nested = std::io::Error::other(crate::CircuitOpen::new(
+            "inner".into(),
+            crate::State::Open,
+            None,
+        ));
+        assert_eq!(classify_error(&nested), Outcome::Ignored);
     }
 }
