@@ -14,14 +14,14 @@
 # stopped on exit. Prints `e2e: N passed, M failed` and exits non-zero on any
 # failure. Runs in about a minute once the example is built.
 #
-# Environment: E2E_PHASE_SECS (default 8), E2E_DURATION_SECS (default 5
+# Environment: E2E_PHASE_SECS (default 8), E2E_DURATION_SECS (default 6
 # phases), E2E_METRICS_PORT (default 9464), E2E_PROMETHEUS_PORT (default
 # 9090); a busy default port is replaced by a free one.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 PHASE=${E2E_PHASE_SECS:-8}
-DURATION=${E2E_DURATION_SECS:-$((PHASE * 5))}
+DURATION=${E2E_DURATION_SECS:-$((PHASE * 6))}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 log() { printf '==> %s\n' "$*"; }

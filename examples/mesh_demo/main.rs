@@ -12,7 +12,8 @@
 //!   `/dependencies.dot`, behind a bearer token with `--token`;
 //! - **gateway** on port 9465 (`--gateway-port`): `/orders` goes to a flaky
 //!   upstream, `/catalog` to a healthy one, each through its own breaker
-//!   (service `orders` and `catalog`, caller `gateway`);
+//!   (one `KeyedCircuitBreakerLayer` keyed by an `x-upstream` header;
+//!   service `orders` and `catalog`, caller `gateway`);
 //!   `/admin/faults` reads (GET) or sets (POST
 //!   `?failure_rate=0.9&latency_ms=100`, or `?schedule=resume`) the faults;
 //! - **a cascade** A -> B -> C: `frontend` calls `checkout` which calls the
@@ -114,7 +115,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         mesh::proxy("frontend", "checkout", checkout, client.clone())?,
     )
     .await?;
-    // The gateway, with one breaker per upstream.
+    // The gateway, with one breaker per upstream (a keyed layer).
     let gateway_router = mesh::gateway(
         &[("orders", orders), ("catalog", catalog)],
         client.clone(),

@@ -1,6 +1,6 @@
 //! The services of the mesh: flaky and healthy upstreams, proxies with a
 //! breaker on their outgoing hop (the A -> B -> C cascade), and the gateway
-//! with one breaker per upstream.
+//! with one breaker per upstream (`KeyedCircuitBreakerLayer`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_breaker::classify::HttpClassifier;
+use tower_breaker::keyed::ByHeader;
 use tower_breaker::{
     Backoff, Builder, CircuitBreakerLayer, CircuitOpen, ConfigError, EarlyWarning,
 };
@@ -36,7 +37,7 @@ pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// An outgoing hop: breaker, timeout, client.
 pub(crate) type Hop = BoxCloneSyncService<Request<Full<Bytes>>, http::Response<Incoming>, BoxError>;
 
-/// The header the gateway names the upstream with; the per-upstream
+/// The header naming the upstream of a request; the gateway's per-upstream
 /// breakers are keyed by it.
 pub(crate) const X_UPSTREAM: HeaderName = HeaderName::from_static("x-upstream");
 
@@ -186,8 +187,10 @@ pub(crate) fn proxy(
 
 #[derive(Clone)]
 struct Gateway {
-    /// Upstream name -> (address, hop).
-    routes: Arc<HashMap<&'static str, (SocketAddr, Hop)>>,
+    /// Upstream name -> address.
+    upstreams: Arc<HashMap<&'static str, SocketAddr>>,
+    /// One hop for all upstreams, with a breaker per upstream inside.
+    hop: Hop,
     faults: Arc<Faults>,
     token: Option<Arc<str>>,
 }
@@ -195,20 +198,24 @@ struct Gateway {
 /// The gateway: `/<upstream>/...` goes to that upstream through its own
 /// breaker, so a failing upstream does not trip calls to a healthy one; and
 /// `/admin/faults` reads or sets the flaky upstreams' faults.
+///
+/// The per-upstream breakers are one `KeyedCircuitBreakerLayer` keyed by the
+/// `x-upstream` header the gateway sets: each key gets its own breaker, named
+/// after it (`service="orders"`, `service="catalog"`), built from one
+/// configuration, with its own `gateway -> <key>` dependency edge.
 pub(crate) fn gateway(
     upstreams: &[(&'static str, SocketAddr)],
     client: HttpClient,
     faults: Arc<Faults>,
     token: Option<String>,
 ) -> Result<Router, ConfigError> {
-    let hops = per_upstream_hops(upstreams, client)?;
-    let routes = upstreams
-        .iter()
-        .zip(hops)
-        .map(|(&(name, addr), hop)| (name, (addr, hop)))
-        .collect();
+    let keyed = breaker("gateway")
+        .keyed(ByHeader::new(X_UPSTREAM))
+        .max_keys(16)
+        .build()?;
     let state = Gateway {
-        routes: Arc::new(routes),
+        upstreams: Arc::new(upstreams.iter().copied().collect()),
+        hop: hop(keyed, client),
         faults,
         token: token.map(Arc::from),
     };
@@ -218,28 +225,17 @@ pub(crate) fn gateway(
         .with_state(state))
 }
 
-/// One breaker per upstream, named after it, for the gateway's hops (in the
-/// order of `upstreams`).
-fn per_upstream_hops(
-    upstreams: &[(&'static str, SocketAddr)],
-    client: HttpClient,
-) -> Result<Vec<Hop>, ConfigError> {
-    upstreams
-        .iter()
-        .map(|&(name, _)| Ok(hop(breaker("gateway").name(name).build()?, client.clone())))
-        .collect()
-}
-
 async fn route(State(gw): State<Gateway>, uri: Uri) -> Response {
     let path = uri.path();
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    let Some((&name, (addr, hop))) = gw.routes.get_key_value(first) else {
-        let known: Vec<_> = gw.routes.keys().collect();
+    let Some((&name, addr)) = gw.upstreams.get_key_value(first) else {
+        let mut known: Vec<_> = gw.upstreams.keys().collect();
+        known.sort();
         let body = format!("no upstream {first:?}; try one of {known:?}\n");
         return (StatusCode::NOT_FOUND, body).into_response();
     };
     let path_and_query = uri.path_and_query().map_or(path, |p| p.as_str());
-    forward(hop.clone(), format!("http://{addr}{path_and_query}"), name).await
+    forward(gw.hop, format!("http://{addr}{path_and_query}"), name).await
 }
 
 /// `GET /admin/faults`: the current faults as JSON.
