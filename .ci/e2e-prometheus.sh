@@ -228,6 +228,9 @@ while kill -0 "$demo_pid" 2>/dev/null; do
         [ -n "${passed_at[i]}" ] || all=0
     done
     holds "$catalog_tripped" && catalog_opened=1
+    # Keep the latest scrape of the demo for the metrics lint below.
+    curl -sf --max-time 5 -H "Authorization: Bearer $token" "$metrics_url" >"$tmp/scrape.new" 2>/dev/null &&
+        mv "$tmp/scrape.new" "$tmp/scrape.prom"
     [ "$all" -eq 1 ] && [ "$catalog_opened" -eq 0 ] && [ $((SECONDS - started)) -ge $((PHASE * 4)) ] && break
     sleep 2
 done
@@ -270,6 +273,22 @@ if [ "$catalog_opened" -eq 0 ]; then
     report "catalog breaker never opened (per-upstream breakers isolate the failing upstream)" 1
 else
     report "catalog breaker never opened (per-upstream breakers isolate the failing upstream)" 0 "query held: $catalog_tripped"
+fi
+# What the demo serves is what the deploy kit expects: promtool-clean, and
+# every metric family of the contract (the dashboard and alerts use them).
+families="state transitions_total requests_total rejections_total failures_total error_rate
+slow_call_rate trip_risk dependency request_duration_seconds recovery_duration_seconds"
+missing=
+for f in $families; do
+    grep -q "^# TYPE circuit_breaker_$f " "$tmp/scrape.prom" 2>/dev/null || missing="$missing circuit_breaker_$f"
+done
+lint=$(promtool check metrics <"$tmp/scrape.prom" 2>&1) || lint="${lint:-promtool failed}"
+if [ ! -s "$tmp/scrape.prom" ]; then
+    report "the demo's /metrics is promtool-clean with every contract family" 0 "no scrape taken"
+elif [ -n "$missing" ] || [ -n "$lint" ]; then
+    report "the demo's /metrics is promtool-clean with every contract family" 0 "missing:${missing:- none}; promtool: ${lint:-clean}"
+else
+    report "the demo's /metrics is promtool-clean with every contract family" 1
 fi
 if grep -q 'early warning: gateway -> orders' "$tmp/demo.log"; then
     report "early warning logged for gateway -> orders" 1
