@@ -98,9 +98,10 @@ impl Backoff {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         match self.kind {
-            Kind::Fixed(d) if d.is_zero() => {
-                Err(ConfigError::new("open_duration", "must be greater than zero"))
-            }
+            Kind::Fixed(d) if d.is_zero() => Err(ConfigError::new(
+                "open_duration",
+                "must be greater than zero",
+            )),
             Kind::Fixed(_) => Ok(()),
             Kind::Exponential {
                 initial,

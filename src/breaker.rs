@@ -136,7 +136,11 @@ impl Observer for Breaker {
         let now = self.clock.now();
         self.update_rates(&handles, now);
         if !matches!(change.to, State::Closed) && !change.shadow {
-            handles.trip_risk.set(if change.to == State::Disabled { 0.0 } else { 1.0 });
+            handles.trip_risk.set(if change.to == State::Disabled {
+                0.0
+            } else {
+                1.0
+            });
         }
     }
 

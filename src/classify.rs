@@ -219,8 +219,7 @@ pub fn classify_error(error: &(dyn Error + 'static)) -> Outcome {
         if err.is::<crate::CircuitOpen>() {
             return Outcome::Ignored;
         }
-        if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>()
-        {
+        if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
             return Outcome::Failure(FailureKind::TIMEOUT);
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {

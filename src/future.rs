@@ -70,9 +70,7 @@ where
                 classifier,
             } => {
                 let result = ready!(future.poll(cx));
-                let call = call
-                    .take()
-                    .expect("ResponseFuture polled after completion");
+                let call = call.take().expect("ResponseFuture polled after completion");
                 Poll::Ready(match result {
                     Ok(response) => Ok(classifier.classify_response(response, call)),
                     Err(error) => {

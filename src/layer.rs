@@ -276,10 +276,7 @@ impl<C> Builder<C> {
     /// Runs `hook` after every transition, with the state before the counts
     /// were reset. It runs on the thread that made the transition: keep it
     /// short.
-    pub fn on_state_change(
-        mut self,
-        hook: impl Fn(&StateChange) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on_state_change(mut self, hook: impl Fn(&StateChange) + Send + Sync + 'static) -> Self {
         self.hooks.push(Arc::new(hook));
         self
     }
@@ -325,18 +322,25 @@ impl<C> Builder<C> {
             return Err(ConfigError::new("name", "must not be empty"));
         }
         let rate = |field: &'static str, v: Option<f64>| match v {
-            Some(v) if !(v > 0.0 && v <= 1.0) => {
-                Err(ConfigError::new(field, format!("must be in (0, 1], got {v}")))
-            }
+            Some(v) if !(v > 0.0 && v <= 1.0) => Err(ConfigError::new(
+                field,
+                format!("must be in (0, 1], got {v}"),
+            )),
             _ => Ok(()),
         };
         rate("failure_rate", self.failure_rate)?;
         rate("slow_call_rate", self.slow_call_rate)?;
         if self.consecutive_failures == Some(0) {
-            return Err(ConfigError::new("consecutive_failures", "must be at least 1"));
+            return Err(ConfigError::new(
+                "consecutive_failures",
+                "must be at least 1",
+            ));
         }
         if self.slow_call_duration.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new("slow_call_duration", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "slow_call_duration",
+                "must be greater than zero",
+            ));
         }
         if self.minimum_calls == 0 {
             return Err(ConfigError::new("minimum_calls", "must be at least 1"));
@@ -382,7 +386,10 @@ impl<C> Builder<C> {
         if self.half_open_permits == 0 || self.half_open_permits > MAX_PERMITS {
             return Err(ConfigError::new(
                 "half_open_permits",
-                format!("must be in 1..={MAX_PERMITS}, got {}", self.half_open_permits),
+                format!(
+                    "must be in 1..={MAX_PERMITS}, got {}",
+                    self.half_open_permits
+                ),
             ));
         }
         let successes = self.half_open_successes.unwrap_or(self.half_open_permits);
@@ -396,19 +403,22 @@ impl<C> Builder<C> {
             ));
         }
         if self.max_half_open_wait.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new("max_half_open_wait", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "max_half_open_wait",
+                "must be greater than zero",
+            ));
         }
         self.backoff.validate()?;
         if self.retry_after_cap.is_zero() {
-            return Err(ConfigError::new("retry_after_cap", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "retry_after_cap",
+                "must be greater than zero",
+            ));
         }
         if !valid_metric_prefix(&self.prefix) {
             return Err(ConfigError::new(
                 "metrics_prefix",
-                format!(
-                    "must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {:?}",
-                    self.prefix
-                ),
+                format!("must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {:?}", self.prefix),
             ));
         }
         let no_policy = self.consecutive_failures.is_none()
@@ -416,7 +426,11 @@ impl<C> Builder<C> {
             && self.slow_call_rate.is_none();
         let policy = Policy {
             consecutive_failures: self.consecutive_failures,
-            failure_rate: if no_policy { Some(0.5) } else { self.failure_rate },
+            failure_rate: if no_policy {
+                Some(0.5)
+            } else {
+                self.failure_rate
+            },
             slow_call_rate: self.slow_call_rate,
             slow_call_duration: self.slow_call_duration.map(duration_nanos),
             minimum_calls: self.minimum_calls,

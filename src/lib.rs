@@ -62,12 +62,12 @@ mod breaker;
 pub mod classify;
 mod clock;
 mod error;
+#[cfg(feature = "prometheus")]
+pub mod exporter;
 mod future;
 mod handle;
 mod layer;
 pub mod metrics;
-#[cfg(feature = "prometheus")]
-pub mod exporter;
 mod policy;
 mod service;
 pub mod state;

@@ -60,11 +60,8 @@ pub enum MetricsLevel {
     Full,
 }
 
-static METADATA: Metadata<'static> = Metadata::new(
-    module_path!(),
-    metrics::Level::INFO,
-    Some(module_path!()),
-);
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Metric names under one prefix.
 #[derive(Debug)]

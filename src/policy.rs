@@ -50,7 +50,8 @@ impl Policy {
     /// Whether a call of `elapsed` nanoseconds is slow.
     #[inline]
     pub(crate) fn is_slow(&self, elapsed: u64) -> bool {
-        self.slow_call_duration.is_some_and(|limit| elapsed >= limit)
+        self.slow_call_duration
+            .is_some_and(|limit| elapsed >= limit)
     }
 
     /// How close the policies are to tripping, in `0..=1`: the largest of

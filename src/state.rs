@@ -407,7 +407,13 @@ impl Machine {
                     let now = now();
                     let until = self.open_until.load(Ordering::Acquire);
                     if now >= until {
-                        self.transition(Some(epoch), Target::HalfOpen, Reason::TimeoutElapsed, now, obs);
+                        self.transition(
+                            Some(epoch),
+                            Target::HalfOpen,
+                            Reason::TimeoutElapsed,
+                            now,
+                            obs,
+                        );
                         continue;
                     }
                     return refused(State::Open, Some(Duration::from_nanos(until - now)));
@@ -417,7 +423,13 @@ impl Machine {
                         let now = now();
                         let since = self.phase_since.load(Ordering::Acquire);
                         if now.saturating_sub(since) >= max_wait {
-                            self.transition(Some(epoch), Target::Open, Reason::MaxWaitElapsed, now, obs);
+                            self.transition(
+                                Some(epoch),
+                                Target::Open,
+                                Reason::MaxWaitElapsed,
+                                now,
+                                obs,
+                            );
                             continue;
                         }
                     }
@@ -482,24 +494,51 @@ impl Machine {
         changed
     }
 
-    fn record_probe(&self, ticket: Ticket, outcome: Outcome, slow: bool, now: u64, obs: &dyn Observer) {
+    fn record_probe(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        slow: bool,
+        now: u64,
+        obs: &dyn Observer,
+    ) {
         match outcome {
             Outcome::Ignored => self.release(ticket),
             Outcome::Failure(_) => {
-                self.transition(Some(ticket.epoch), Target::Open, Reason::ProbeFailed, now, obs);
+                self.transition(
+                    Some(ticket.epoch),
+                    Target::Open,
+                    Reason::ProbeFailed,
+                    now,
+                    obs,
+                );
             }
             Outcome::Success if slow => {
-                self.transition(Some(ticket.epoch), Target::Open, Reason::ProbeFailed, now, obs);
+                self.transition(
+                    Some(ticket.epoch),
+                    Target::Open,
+                    Reason::ProbeFailed,
+                    now,
+                    obs,
+                );
             }
             Outcome::Success => {
-                let bumped = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                    let w = Word(w);
-                    (w.epoch() == ticket.epoch && w.successes() < MAX_PERMITS)
-                        .then_some(w.0 + (1 << SUCCESSES_SHIFT))
-                });
+                let bumped = self
+                    .word
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                        let w = Word(w);
+                        (w.epoch() == ticket.epoch && w.successes() < MAX_PERMITS)
+                            .then_some(w.0 + (1 << SUCCESSES_SHIFT))
+                    });
                 if let Ok(before) = bumped {
                     if Word(before).successes() + 1 >= self.config.half_open.successes {
-                        self.transition(Some(ticket.epoch), Target::Closed, Reason::ProbeSucceeded, now, obs);
+                        self.transition(
+                            Some(ticket.epoch),
+                            Target::Closed,
+                            Reason::ProbeSucceeded,
+                            now,
+                            obs,
+                        );
                     }
                 }
             }
@@ -511,10 +550,13 @@ impl Machine {
         if !ticket.probe {
             return;
         }
-        let _ = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-            let w = Word(w);
-            (w.epoch() == ticket.epoch && w.admitted() > 0).then_some(w.0 - (1 << ADMITTED_SHIFT))
-        });
+        let _ = self
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let w = Word(w);
+                (w.epoch() == ticket.epoch && w.admitted() > 0)
+                    .then_some(w.0 - (1 << ADMITTED_SHIFT))
+            });
     }
 
     /// Remembers a server's hint (Retry-After) for the next open duration.
@@ -541,6 +583,10 @@ impl Machine {
             }
             let snapshot = self.snapshot_of(w, now);
             let (machine, mode) = match target {
+                // Probes that succeed close the machine under the current
+                // override: in MetricsOnly the shadow machine recovers and
+                // shadow mode goes on. Only the handle lifts an override.
+                Target::Closed if reason != Reason::Manual => (CLOSED, w.mode()),
                 Target::Closed | Target::Reset => (CLOSED, NORMAL),
                 Target::Open => (OPEN, w.mode()),
                 Target::HalfOpen => (HALF_OPEN, w.mode()),
@@ -550,12 +596,17 @@ impl Machine {
             };
             let mut open_for = None;
             if target == Target::Open {
-                let backoff = self.config.backoff.duration(episode.attempt, || self.jitter.next());
+                let backoff = self
+                    .config
+                    .backoff
+                    .duration(episode.attempt, || self.jitter.next());
                 let hint = Duration::from_nanos(self.hint.swap(0, Ordering::AcqRel));
                 let d = backoff.max(hint);
                 episode.attempt = episode.attempt.saturating_add(1);
-                self.open_until
-                    .store(now.saturating_add(crate::clock::duration_nanos(d)), Ordering::Release);
+                self.open_until.store(
+                    now.saturating_add(crate::clock::duration_nanos(d)),
+                    Ordering::Release,
+                );
                 open_for = Some(d);
             }
             if machine == CLOSED
@@ -593,7 +644,8 @@ impl Machine {
             };
             let mut recovery = None;
             if !shadow {
-                if matches!(to, State::Open | State::ForcedOpen) && episode.left_closed_at.is_none() {
+                if matches!(to, State::Open | State::ForcedOpen) && episode.left_closed_at.is_none()
+                {
                     episode.left_closed_at = Some(now);
                 }
                 if to == State::Closed {

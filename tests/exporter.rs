@@ -287,12 +287,11 @@ fn public_bind_requires_auth_or_explicit_opt_in() {
     // Building never binds, so none of these touch the network.
     assert!(b().bind(public).bearer_token(TOKEN).build().is_ok());
     assert!(b().bind(public).allow_network("10.0.0.0/8").build().is_ok());
-    assert!(
-        b().bind(public)
-            .allow_insecure_public_bind()
-            .build()
-            .is_ok()
-    );
+    assert!(b()
+        .bind(public)
+        .allow_insecure_public_bind()
+        .build()
+        .is_ok());
     assert!(b().bind("[::1]:0".parse().unwrap()).build().is_ok());
     assert!(b().build().is_ok(), "default bind is loopback");
 }
