@@ -1,14 +1,23 @@
 //! The shared core of one breaker: its machine, metrics, clock and hooks.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::classify::Outcome;
+use crate::classify::{FailureKind, Outcome};
 use crate::clock::Clock;
+use crate::dependency::EdgeGuard;
 use crate::error::CircuitOpen;
-use crate::metrics::{BreakerMetrics, Handles, HandlesGuard};
-use crate::state::{Admission, Machine, Observer, State, StateChange, Ticket};
+use crate::metrics::{BreakerMetrics, Handles, HandlesRef, MetricsLevel, Transition};
+use crate::policy::Policy;
+use crate::predict::{Prediction, Predictor};
+use crate::state::{Admission, Machine, Observer, Reason, State, StateChange, Ticket};
+use crate::window::Counts;
+
+/// How often the rate gauges of a time window are refreshed while calls
+/// flow: its totals change with time, not only with failures.
+const RATES_REFRESH: u64 = 1_000_000_000;
 
 /// A hook run after every transition.
 pub(crate) type StateHook = Arc<dyn Fn(&StateChange) + Send + Sync>;
@@ -21,7 +30,24 @@ pub(crate) struct Breaker {
     /// Whether calls must be timed: for the duration histogram, the
     /// slow-call policy or a time window.
     timed: bool,
+    /// Whether the window is a time window, whose rates drift as buckets
+    /// expire and successes come in without `record` reporting a change.
+    time_window: bool,
+    /// When the rate gauges were last set (clock nanoseconds).
+    rates_at: AtomicU64,
     hooks: Vec<StateHook>,
+    /// The trend estimator, when early warning is on.
+    predictor: Option<Predictor>,
+    /// This breaker's `caller -> name` edge, when it has a caller.
+    pub(crate) dependency: OnceLock<EdgeGuard>,
+}
+
+/// What the dependency graph shows of a breaker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View {
+    pub(crate) state: State,
+    pub(crate) error_rate: f64,
+    pub(crate) trip_risk: f64,
 }
 
 impl fmt::Debug for Breaker {
@@ -44,18 +70,34 @@ pub(crate) enum Pending {
 impl Breaker {
     pub(crate) fn new(
         machine: Machine,
-        metrics: BreakerMetrics,
+        mut metrics: BreakerMetrics,
         clock: Clock,
         timed: bool,
         hooks: Vec<StateHook>,
     ) -> Self {
+        metrics.expect_transitions(expected_transitions(machine.policy()));
         Breaker {
+            time_window: machine.window().needs_time(),
+            rates_at: AtomicU64::new(clock.now()),
             machine,
             metrics,
             clock,
             timed,
             hooks,
+            predictor: None,
+            dependency: OnceLock::new(),
         }
+    }
+
+    /// Turns on early warning with this estimator.
+    pub(crate) fn with_predictor(mut self, predictor: Option<Predictor>) -> Self {
+        self.predictor = predictor;
+        self
+    }
+
+    /// The latest prediction, when early warning is on.
+    pub(crate) fn prediction(&self) -> Option<Prediction> {
+        self.predictor.as_ref().and_then(Predictor::latest)
     }
 
     pub(crate) fn service(&self) -> &Arc<str> {
@@ -64,18 +106,45 @@ impl Breaker {
 
     /// The handles of the current recorder.
     #[inline]
-    pub(crate) fn handles(&self) -> HandlesGuard {
+    pub(crate) fn handles(&self) -> HandlesRef<'_> {
         self.metrics.handles(|h| self.sync_gauges(h))
     }
 
     /// Brings a fresh set of handles up to date with the breaker.
     fn sync_gauges(&self, h: &Handles) {
-        h.set_state(self.machine.state());
+        // Outside the transition lock: a transition racing this one sets the
+        // gauge after changing the state, so set until the state read before
+        // setting is still the state after.
+        loop {
+            let state = self.machine.state();
+            h.set_state(state);
+            if self.machine.state() == state {
+                break;
+            }
+        }
+        self.update_rates(h, self.clock.now());
+        if let Some(edge) = self.dependency.get() {
+            edge.publish();
+        }
+    }
+
+    /// State, error rate and trip risk (as the gauge shows it), now.
+    pub(crate) fn view(&self) -> View {
         let now = self.clock.now();
-        let snapshot = self.machine.snapshot(now);
-        h.error_rate.set(snapshot.failure_rate);
-        h.slow_call_rate.set(snapshot.slow_call_rate);
-        h.trip_risk.set(snapshot.trip_risk);
+        let counts = self.machine.window().counts(now);
+        View {
+            state: self.machine.state(),
+            error_rate: counts.failure_rate(),
+            trip_risk: self.trip_risk(&counts, now),
+        }
+    }
+
+    /// The policies' risk, raised to the projected risk under early warning.
+    fn with_trend(&self, risk: f64) -> f64 {
+        match &self.predictor {
+            Some(p) => risk.max(p.projected()),
+            None => risk,
+        }
     }
 
     /// Asks the machine whether a call may go through.
@@ -106,22 +175,74 @@ impl Breaker {
         let end = self.timed_now();
         let elapsed = end.saturating_sub(start);
         let handles = self.handles();
-        handles.finished(outcome, elapsed as f64 * 1e-9);
-        if self.machine.record(ticket, outcome, elapsed, end, self) {
+        // A slow probe fails the half-open test (the machine reopens with
+        // probe_failed): report it as the failure it is.
+        let reported = match outcome {
+            Outcome::Success if ticket.is_probe() && self.machine.policy().is_slow(elapsed) => {
+                Outcome::Failure(FailureKind::SLOW)
+            }
+            other => other,
+        };
+        handles.finished(reported, elapsed as f64 * 1e-9);
+        let changed = self.machine.record(ticket, outcome, elapsed, end, self);
+        if changed {
+            // Not the hot path: the window's totals or the streak changed.
+            let warning = match &self.predictor {
+                Some(p) if matches!(self.machine.state(), State::Closed | State::MetricsOnly) => {
+                    // An untimed breaker did not read the clock; the trend needs it.
+                    let now = if self.timed { end } else { self.clock.now() };
+                    let counts = self.machine.window().counts(now);
+                    p.observe(self.service(), &counts, now)
+                }
+                _ => None,
+            };
+            self.update_rates(&handles, end);
+            if let (Some(p), Some(warning)) = (&self.predictor, warning) {
+                p.fire(&warning);
+            }
+        } else if self.time_window && self.rates_due(end) {
             self.update_rates(&handles, end);
         }
     }
 
+    #[inline]
+    fn rates_due(&self, now: u64) -> bool {
+        now.saturating_sub(self.rates_at.load(Ordering::Relaxed)) >= RATES_REFRESH
+    }
+
+    /// Sets the rate and trip-risk gauges from the window.
     fn update_rates(&self, h: &Handles, now: u64) {
-        if self.metrics.level() < crate::MetricsLevel::Standard {
+        if self.metrics.level() < MetricsLevel::Standard {
             return;
         }
+        self.rates_at.store(now, Ordering::Relaxed);
         let counts = self.machine.window().counts(now);
         h.error_rate.set(counts.failure_rate());
         h.slow_call_rate.set(counts.slow_call_rate());
-        let consecutive = self.machine.consecutive_failures();
-        h.trip_risk
-            .set(self.machine.policy().trip_risk(&counts, consecutive));
+        h.trip_risk.set(self.trip_risk(&counts, now));
+    }
+
+    /// The trip-risk gauge: the policies' progress while they judge calls
+    /// (raised to the projection under early warning), 1 while the breaker
+    /// is (or would be, in shadow mode) open, half-open or forced open, 0
+    /// when disabled.
+    fn trip_risk(&self, counts: &Counts, now: u64) -> f64 {
+        match self.machine.state() {
+            State::Closed => self.with_trend(
+                self.machine
+                    .policy()
+                    .trip_risk(counts, self.machine.consecutive_failures()),
+            ),
+            State::Disabled => 0.0,
+            State::MetricsOnly => {
+                let shadow = self.machine.snapshot(now);
+                match shadow.machine_state {
+                    State::Closed => self.with_trend(shadow.trip_risk),
+                    _ => 1.0,
+                }
+            }
+            State::Open | State::HalfOpen | State::ForcedOpen => 1.0,
+        }
     }
 }
 
@@ -129,18 +250,23 @@ impl Observer for Breaker {
     fn on_transition_locked(&self, change: &StateChange) {
         self.metrics.transition(change);
         let handles = self.handles();
-        handles.set_state(self.machine.state());
         if let Some(recovery) = change.recovery {
             handles.recovered(recovery.as_secs_f64());
         }
-        let now = self.clock.now();
-        self.update_rates(&handles, now);
-        if !matches!(change.to, State::Closed) && !change.shadow {
-            handles.trip_risk.set(if change.to == State::Disabled {
-                0.0
-            } else {
-                1.0
-            });
+        if let Some(p) = &self.predictor {
+            // A new phase: the old trend says nothing about it.
+            p.reset();
+        }
+        // Every recorder that knows this breaker sees its new state, not only
+        // the one current on this thread.
+        let (state, now) = (self.machine.state(), self.clock.now());
+        self.metrics.for_each_cached(|h| {
+            h.set_state(state);
+            self.update_rates(h, now);
+        });
+        if matches!(handles, HandlesRef::Uncached(_)) {
+            handles.set_state(state);
+            self.update_rates(&handles, now);
         }
     }
 
@@ -151,6 +277,31 @@ impl Observer for Breaker {
             hook(&change);
         }
     }
+}
+
+/// The transitions whose counters exist from the start, at zero, so that
+/// `increase()` sees the first of each: a trip for every enabled policy, and
+/// the half-open round trip.
+fn expected_transitions(policy: &Policy) -> Vec<Transition> {
+    let trips = [
+        (
+            policy.consecutive_failures.is_some(),
+            Reason::ConsecutiveFailures,
+        ),
+        (policy.failure_rate.is_some(), Reason::FailureRate),
+        (policy.slow_call_rate.is_some(), Reason::SlowCallRate),
+    ];
+    let mut expected: Vec<Transition> = trips
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, reason)| (State::Closed, State::Open, reason))
+        .collect();
+    expected.extend([
+        (State::Open, State::HalfOpen, Reason::TimeoutElapsed),
+        (State::HalfOpen, State::Open, Reason::ProbeFailed),
+        (State::HalfOpen, State::Closed, Reason::ProbeSucceeded),
+    ]);
+    expected
 }
 
 #[cfg(feature = "tracing")]
@@ -223,8 +374,9 @@ impl InFlight {
     }
 
     /// Passes on the upstream's hint of when to try again (`Retry-After`,
-    /// `grpc-retry-pushback-ms`): if this call trips or reopens the breaker,
-    /// it stays open at least this long, up to the configured cap.
+    /// `grpc-retry-pushback-ms`): if the breaker trips or reopens before a
+    /// later call succeeds, it stays open at least this long, up to the
+    /// configured cap. Call it before [`finish`](InFlight::finish).
     pub fn retry_after(&self, after: Duration) {
         self.breaker.machine.hint(after);
     }

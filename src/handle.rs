@@ -45,6 +45,13 @@ impl CircuitBreakerHandle {
         self.breaker.machine.snapshot(self.breaker.clock.now())
     }
 
+    /// The latest early-warning prediction; `None` without
+    /// [`Builder::early_warning`](crate::Builder::early_warning) or before
+    /// the window holds the minimum number of calls.
+    pub fn prediction(&self) -> Option<crate::Prediction> {
+        self.breaker.prediction()
+    }
+
     /// Refuses every call until told otherwise.
     pub fn force_open(&self) {
         self.go(Target::ForcedOpen);

@@ -12,6 +12,7 @@ use crate::clock::{duration_nanos, Clock};
 use crate::error::ConfigError;
 use crate::metrics::{BreakerMetrics, MetricsLevel, Names, ServiceLabel, DEFAULT_PREFIX};
 use crate::policy::Policy;
+use crate::predict::EarlyWarning;
 use crate::state::{HalfOpen, Machine, MachineConfig, StateChange, MAX_PERMITS};
 use crate::window::{CountWindow, TimeWindow, Window};
 use crate::{Backoff, CircuitBreaker, CircuitBreakerHandle, State};
@@ -123,6 +124,8 @@ pub struct Builder<C = DefaultClassifier> {
     prefix: String,
     level: MetricsLevel,
     hooks: Vec<StateHook>,
+    caller: Option<String>,
+    early_warning: Option<EarlyWarning>,
 }
 
 impl Builder {
@@ -146,6 +149,8 @@ impl Builder {
             prefix: DEFAULT_PREFIX.to_owned(),
             level: MetricsLevel::Full,
             hooks: Vec::new(),
+            caller: None,
+            early_warning: None,
         }
     }
 }
@@ -173,6 +178,8 @@ impl<C> fmt::Debug for Builder<C> {
             .field("clock", &self.clock)
             .field("prefix", &self.prefix)
             .field("level", &self.level)
+            .field("caller", &self.caller)
+            .field("early_warning", &self.early_warning)
             .finish_non_exhaustive()
     }
 }
@@ -281,6 +288,43 @@ impl<C> Builder<C> {
         self
     }
 
+    /// The service making the calls: records the dependency edge
+    /// `caller -> name` (see [`dependency`](crate::dependency)). Defaults to
+    /// the process-wide [`set_local_service`](crate::dependency::set_local_service)
+    /// name, if set.
+    pub fn caller(mut self, caller: impl Into<String>) -> Self {
+        self.caller = Some(caller.into());
+        self
+    }
+
+    /// Follows the trend of the rate policies and warns before they trip
+    /// (see [`predict`](crate::predict)). Hooks added with
+    /// [`on_early_warning`](Self::on_early_warning) are kept.
+    pub fn early_warning(mut self, mut warning: EarlyWarning) -> Self {
+        if let Some(mut old) = self.early_warning.take() {
+            for hook in old.take_hooks() {
+                warning.push_hook(hook);
+            }
+        }
+        self.early_warning = Some(warning);
+        self
+    }
+
+    /// Runs `hook` when the early warning fires: once each time the
+    /// projected trip risk reaches the level, again only after it fell back
+    /// below the re-arm level or the breaker changed state. Turns early
+    /// warning on with the defaults if it is not configured. It runs on the
+    /// thread of the call whose outcome raised the risk: keep it short.
+    pub fn on_early_warning(
+        mut self,
+        hook: impl Fn(&crate::Prediction) + Send + Sync + 'static,
+    ) -> Self {
+        self.early_warning
+            .get_or_insert_with(EarlyWarning::new)
+            .push_hook(Arc::new(hook));
+        self
+    }
+
     /// Decides outcomes with `classifier` instead.
     pub fn classifier<C2>(self, classifier: C2) -> Builder<C2> {
         self.map_classifier(|_| classifier)
@@ -314,6 +358,8 @@ impl<C> Builder<C> {
             prefix: self.prefix,
             level: self.level,
             hooks: self.hooks,
+            caller: self.caller,
+            early_warning: self.early_warning,
         }
     }
 
@@ -440,6 +486,12 @@ impl<C> Builder<C> {
             successes,
             max_wait: self.max_half_open_wait.map(duration_nanos),
         };
+        if self.caller.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(ConfigError::new("caller", "must not be empty"));
+        }
+        if let Some(warning) = &self.early_warning {
+            warning.validate(&policy)?;
+        }
         Ok((policy, half_open, window))
     }
 
@@ -450,6 +502,7 @@ impl<C> Builder<C> {
             || policy.slow_call_duration.is_some()
             || window.needs_time();
         let seed = self.clock.now() ^ (&policy as *const Policy as u64);
+        let predictor = self.early_warning.as_ref().map(|w| w.predictor(&policy));
         let machine = Machine::new(
             MachineConfig {
                 policy,
@@ -471,9 +524,12 @@ impl<C> Builder<C> {
                 h.trip_risk.set(0.0);
             },
         );
-        let breaker = Breaker::new(machine, metrics, self.clock, timed, self.hooks);
+        let breaker =
+            Breaker::new(machine, metrics, self.clock, timed, self.hooks).with_predictor(predictor);
+        let breaker = Arc::new(breaker);
+        crate::dependency::track(&breaker, self.caller.as_deref());
         Ok(CircuitBreakerLayer {
-            breaker: Arc::new(breaker),
+            breaker,
             classifier: self.classifier,
         })
     }

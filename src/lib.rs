@@ -48,6 +48,14 @@
 //! success. A [`Classify`](classify::Classify) decides otherwise: for HTTP
 //! status codes, gRPC statuses in trailers, or your own rules.
 //!
+//! - `classify::HttpClassifier` (feature `http`): 5xx and 429 fail, and a
+//!   failing response's `Retry-After` keeps the breaker open longer.
+//! - `classify::GrpcClassifier` (feature `grpc`): `grpc-status` from headers
+//!   or trailers, with `grpc-retry-pushback-ms`.
+//! - `axum::RejectWith503Layer` (feature `axum`) puts a breaker in an axum
+//!   `Router`, answering rejections with 503; `tonic::status_from_error`
+//!   (feature `tonic`) turns them into UNAVAILABLE in a tonic client.
+//!
 //! # Time
 //!
 //! The breaker reads time from a [`Clock`]: the system clock by default,
@@ -57,10 +65,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod backoff;
+#[cfg(feature = "grpc")]
+pub mod body;
 mod breaker;
 pub mod classify;
 mod clock;
+pub mod dependency;
 mod error;
 #[cfg(feature = "prometheus")]
 pub mod exporter;
@@ -69,8 +82,11 @@ mod handle;
 mod layer;
 pub mod metrics;
 mod policy;
+pub mod predict;
 mod service;
 pub mod state;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 mod window;
 
 pub use crate::backoff::Backoff;
@@ -82,8 +98,16 @@ pub use crate::future::ResponseFuture;
 pub use crate::handle::CircuitBreakerHandle;
 pub use crate::layer::{Builder, CircuitBreakerLayer, MAX_WINDOW_SIZE};
 pub use crate::metrics::MetricsLevel;
+pub use crate::predict::{EarlyWarning, Prediction};
 pub use crate::service::CircuitBreaker;
 pub use crate::state::{Reason, Snapshot, State, StateChange};
+
+/// The header parsers, for the fuzz targets. Not a stable API.
+#[cfg(feature = "http")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::classify::parse::{grpc_retry_pushback_ms, grpc_status, retry_after};
+}
 
 /// The error type of the breaker's service: the inner error, or [`CircuitOpen`].
 pub use tower::BoxError;

@@ -1,37 +1,115 @@
 //! Metric names, descriptions, labels, and cached handles.
 //!
 //! Every signal goes through the [`metrics`] facade, so whichever recorder is
-//! installed collects it. The breaker never installs one (see
-//! [`exporter`](crate::exporter) for the Prometheus helper).
+//! installed collects it: the Prometheus recorder of
+//! [`exporter`](crate::exporter), a StatsD or OpenTelemetry exporter, or
+//! `metrics_util::debugging::DebuggingRecorder` in tests. The breaker never
+//! installs one itself.
+//!
+//! # Swapping the recorder
+//!
+//! Any [`metrics::Recorder`] works. Install it globally before building the
+//! layers (`metrics::set_global_recorder`, or an exporter's own `install`),
+//! or scope it to a thread with [`metrics::with_local_recorder`] /
+//! [`metrics::set_default_local_recorder`]:
+//!
+//! ```
+//! use metrics_util::debugging::DebuggingRecorder;
+//! use tower_breaker::CircuitBreakerLayer;
+//!
+//! let recorder = DebuggingRecorder::new();
+//! let snapshotter = recorder.snapshotter();
+//! metrics::with_local_recorder(&recorder, || {
+//!     let _layer = CircuitBreakerLayer::builder().name("doc-recorder").build().unwrap();
+//! });
+//! // The state gauge exists from construction: six series, one of them at 1.
+//! let states = snapshotter
+//!     .snapshot()
+//!     .into_vec()
+//!     .into_iter()
+//!     .filter(|(key, ..)| key.key().name() == "circuit_breaker_state")
+//!     .count();
+//! assert_eq!(states, 6);
+//! ```
+//!
+//! # The contract
+//!
+//! Names start with the prefix set by
+//! [`Builder::metrics_prefix`](crate::Builder::metrics_prefix)
+//! (default `circuit_breaker`). Every metric carries `service`, the
+//! breaker's [name](crate::Builder::name); the other labels take values from
+//! fixed sets.
+//!
+//! | metric | type | labels | level |
+//! |---|---|---|---|
+//! | `_state` | gauge, one-hot | `state`: `closed`, `open`, `half_open`, `disabled`, `forced_open`, `metrics_only` | Minimal |
+//! | `_transitions_total` | counter | `from`, `to` (states), `reason`: see [`Reason`] | Minimal |
+//! | `_requests_total` | counter | `status`: `success`, `failure`, `ignored`, `rejected` | Minimal |
+//! | `_rejections_total` | counter | `state`: `open`, `half_open`, `forced_open`, `metrics_only` (shadow: would have refused) | Standard |
+//! | `_failures_total` | counter | `kind`: [`FailureKind`] (`error`, `timeout`, `connect`, `http_5xx`, ...) | Standard |
+//! | `_error_rate` | gauge | | Standard |
+//! | `_slow_call_rate` | gauge | | Standard |
+//! | `_recovery_duration_seconds` | histogram | | Standard |
+//! | `_trip_risk` | gauge | | Standard |
+//! | `_request_duration_seconds` | histogram | `status`: `success`, `failure`, `ignored` | Full |
+//!
+//! The state gauge is set from construction. The transitions that alerts
+//! count with `increase()` are created at zero with the handles: Closed to
+//! Open for each enabled trip policy, Open to HalfOpen (`timeout_elapsed`),
+//! HalfOpen to Open (`probe_failed`) and HalfOpen to Closed
+//! (`probe_succeeded`). Failure kinds are open-ended and appear on first use;
+//! a half-open probe that succeeds too slowly fails the probe and counts as a
+//! failure of kind `slow`.
+//! In MetricsOnly (shadow) mode the transitions of the shadow machine are
+//! counted like real ones, while the state gauge shows `metrics_only`.
+//!
+//! # Levels
+//!
+//! [`MetricsLevel`] trades detail for series: Minimal is the state, the
+//! transitions and the requests (about a dozen series per service),
+//! Standard adds rejections, failures, the rates, recovery time and trip risk,
+//! and Full (the default) adds the request-duration histogram.
+//!
+//! # Cardinality
+//!
+//! `service` values are sanitized (see [`sanitize_label`]) and counted
+//! against a process-wide cap ([`set_service_limit`], default
+//! [`DEFAULT_SERVICE_LIMIT`]); past the cap new names share the value
+//! [`OVERFLOW_LABEL`] (`__overflow__`). A name is released when the last
+//! breaker using it is dropped; its series then go idle.
 //!
 //! # Cached handles and late recorders
 //!
 //! Looking a metric up through the macros on every call costs a hash and a
 //! map probe per metric. The breaker resolves its handles once per recorder
 //! instead: on every call it asks the facade which recorder is current (a
-//! thread-local read and an atomic load) and compares that with the recorder
-//! its cached handles came from. They match on every call but the first after
-//! a change, so a recorder installed after the layer was built, or a
-//! `metrics::with_local_recorder` scope, gets fresh handles, the metric
-//! descriptions and the one-hot state gauge on the first call it sees.
+//! thread-local read and an atomic load) and finds the handles resolved
+//! against that recorder in a few write-once slots (plain loads, no
+//! reference counting). A recorder installed after the layer was built, or a
+//! `metrics::with_local_recorder` scope, fills a new slot on the first call
+//! it sees, with the metric descriptions, the one-hot state gauge and the
+//! zeroed transitions (before that call, the breaker cannot know it exists).
+//! A breaker that sees more recorders than it has slots (four) resolves the
+//! extra recorders' handles on every call: correct, only slower.
 //!
-//! # Cardinality
-//!
-//! Labels are few and bounded: `service` comes from the breaker's name,
-//! sanitized (see [`sanitize_label`]) and counted against a process-wide cap
-//! ([`set_service_limit`]); past the cap new names share the value
-//! `__overflow__`. The other labels take values from fixed sets.
+//! Recorders are told apart by address. A local recorder dropped and another
+//! created at the same address is taken for the first one: build a breaker
+//! per local recorder in tests.
+//! Recorders are told apart by address: keep a local recorder alive while
+//! breakers report into it, and do not reuse one breaker across recorders
+//! that live at the same address one after the other (a new recorder on the
+//! stack slot of a dropped one). One breaker used from threads with
+//! different recorders works, but re-resolves its handles at every switch.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
 
 use crate::classify::{FailureKind, Outcome};
-use crate::state::{State, StateChange};
+use crate::state::{Reason, State, StateChange};
 
 /// The default metric name prefix.
 pub const DEFAULT_PREFIX: &str = "circuit_breaker";
@@ -97,9 +175,13 @@ impl Names {
         }
     }
 
-    /// Describes every metric to the current recorder.
-    pub(crate) fn describe(&self) {
+    /// Describes to the current recorder every metric `level` emits.
+    pub(crate) fn describe(&self, level: MetricsLevel) {
         use metrics::{describe_counter, describe_gauge, describe_histogram};
+        describe_gauge!(
+            self.dependency.clone(),
+            "1 for each known caller to upstream edge."
+        );
         describe_gauge!(
             self.state.clone(),
             "Breaker state, one-hot: 1 for the current state, 0 for the others."
@@ -109,24 +191,21 @@ impl Names {
             Unit::Count,
             "State transitions, by from, to and reason."
         );
-        describe_gauge!(
-            self.error_rate.clone(),
-            "Failure ratio over the current window (0..1)."
-        );
-        describe_gauge!(
-            self.slow_call_rate.clone(),
-            "Slow-call ratio over the current window (0..1)."
-        );
         describe_counter!(
             self.requests.clone(),
             Unit::Count,
             "Requests seen by the breaker, by status: success, failure, ignored, rejected."
         );
-        describe_histogram!(
-            self.duration.clone(),
-            Unit::Seconds,
-            "Time spent inside the inner service."
-        );
+        if level >= MetricsLevel::Full {
+            describe_histogram!(
+                self.duration.clone(),
+                Unit::Seconds,
+                "Time spent inside the inner service, by status."
+            );
+        }
+        if level < MetricsLevel::Standard {
+            return;
+        }
         describe_counter!(
             self.rejections.clone(),
             Unit::Count,
@@ -137,6 +216,14 @@ impl Names {
             Unit::Count,
             "Failed requests, by kind."
         );
+        describe_gauge!(
+            self.error_rate.clone(),
+            "Failure ratio over the current window (0..1)."
+        );
+        describe_gauge!(
+            self.slow_call_rate.clone(),
+            "Slow-call ratio over the current window (0..1)."
+        );
         describe_histogram!(
             self.recovery.clone(),
             Unit::Seconds,
@@ -145,10 +232,6 @@ impl Names {
         describe_gauge!(
             self.trip_risk.clone(),
             "How close the trip policies are to opening the breaker (0..1)."
-        );
-        describe_gauge!(
-            self.dependency.clone(),
-            "1 for each known caller to upstream edge."
         );
     }
 }
@@ -254,7 +337,7 @@ impl fmt::Debug for ServiceLabel {
 
 /// The identity of the recorder the facade would use here and now.
 #[inline]
-fn current_recorder() -> usize {
+pub(crate) fn current_recorder() -> usize {
     metrics::with_recorder(|r| (r as *const dyn Recorder).cast::<()>() as usize)
 }
 
@@ -395,10 +478,13 @@ impl Handles {
     }
 
     fn failure_counter(&self, kind: &'static str) -> Counter {
-        let labels = vec![
-            Label::new("service", self.service.clone()),
-            Label::from_static_parts("kind", kind),
-        ];
+        // Built-in kinds are clean; a custom one may not be.
+        let kind = if sanitize_label(kind) == kind {
+            Label::from_static_parts("kind", kind)
+        } else {
+            Label::new("kind", sanitize_label(kind))
+        };
+        let labels = vec![Label::new("service", self.service.clone()), kind];
         let key = Key::from_parts(self.failures_name.clone(), labels);
         metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
     }
@@ -421,8 +507,16 @@ pub(crate) struct BreakerMetrics {
     names: Arc<Names>,
     service: ServiceLabel,
     level: MetricsLevel,
-    cache: ArcSwap<Handles>,
+    /// Transitions created at zero for every recorder.
+    expected: Box<[Transition]>,
+    slots: [OnceLock<Handles>; RECORDER_SLOTS],
 }
+
+/// How many recorders' handles a breaker keeps.
+const RECORDER_SLOTS: usize = 4;
+
+/// A transition's labels: from, to, reason.
+pub(crate) type Transition = (State, State, Reason);
 
 impl fmt::Debug for BreakerMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -434,7 +528,22 @@ impl fmt::Debug for BreakerMetrics {
 }
 
 /// The handles of the current recorder, borrowed for one call.
-pub(crate) type HandlesGuard = arc_swap::Guard<Arc<Handles>>;
+pub(crate) enum HandlesRef<'a> {
+    Cached(&'a Handles),
+    /// More recorders than slots: resolved for this call only.
+    Uncached(Box<Handles>),
+}
+
+impl std::ops::Deref for HandlesRef<'_> {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        match self {
+            HandlesRef::Cached(h) => h,
+            HandlesRef::Uncached(h) => h,
+        }
+    }
+}
 
 impl BreakerMetrics {
     /// Resolves handles against the current recorder and runs `fresh` on them.
@@ -442,16 +551,29 @@ impl BreakerMetrics {
         names: Arc<Names>,
         service: ServiceLabel,
         level: MetricsLevel,
-        fresh: impl FnOnce(&Handles),
+        fresh: impl Fn(&Handles),
     ) -> Self {
-        names.describe();
-        let handles = Handles::resolve(current_recorder(), &names, service.value(), level);
-        fresh(&handles);
-        BreakerMetrics {
+        let metrics = BreakerMetrics {
             names,
             service,
             level,
-            cache: ArcSwap::from_pointee(handles),
+            expected: Box::new([]),
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        };
+        metrics.handles(fresh);
+        metrics
+    }
+
+    /// Sets the transitions to create at zero, and creates them in the
+    /// current recorder.
+    pub(crate) fn expect_transitions(&mut self, expected: Vec<Transition>) {
+        self.expected = expected.into_boxed_slice();
+        self.create_expected();
+    }
+
+    fn create_expected(&self) {
+        for &(from, to, reason) in self.expected.iter() {
+            self.transition_counter(from, to, reason).increment(0);
         }
     }
 
@@ -463,33 +585,57 @@ impl BreakerMetrics {
         self.level
     }
 
+    fn resolve(&self, recorder: usize, fresh: &impl Fn(&Handles)) -> Handles {
+        self.names.describe(self.level);
+        let handles = Handles::resolve(recorder, &self.names, self.service.value(), self.level);
+        self.create_expected();
+        fresh(&handles);
+        handles
+    }
+
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
+    }
+
     /// The handles for the current recorder; `fresh` runs once for each
     /// recorder first seen, to set gauges that must exist from the start.
     #[inline]
-    pub(crate) fn handles(&self, fresh: impl FnOnce(&Handles)) -> HandlesGuard {
+    pub(crate) fn handles(&self, fresh: impl Fn(&Handles)) -> HandlesRef<'_> {
         let recorder = current_recorder();
-        let cached = self.cache.load();
-        if cached.recorder == recorder {
-            return cached;
+        for slot in &self.slots {
+            let handles = match slot.get() {
+                Some(handles) => handles,
+                None => slot.get_or_init(|| self.resolve(recorder, &fresh)),
+            };
+            if handles.recorder == recorder {
+                return HandlesRef::Cached(handles);
+            }
         }
-        drop(cached);
-        self.names.describe();
-        let handles = Handles::resolve(recorder, &self.names, self.service.value(), self.level);
-        fresh(&handles);
-        self.cache.store(Arc::new(handles));
-        self.cache.load()
+        HandlesRef::Uncached(Box::new(self.resolve(recorder, &fresh)))
+    }
+
+    /// Runs `f` on the handles of every recorder seen so far.
+    pub(crate) fn for_each_cached(&self, mut f: impl FnMut(&Handles)) {
+        for handles in self.slots.iter().filter_map(OnceLock::get) {
+            f(handles);
+        }
     }
 
     /// Counts a transition (cold path: looked up each time).
     pub(crate) fn transition(&self, change: &StateChange) {
+        self.transition_counter(change.from, change.to, change.reason)
+            .increment(1);
+    }
+
+    fn transition_counter(&self, from: State, to: State, reason: Reason) -> Counter {
         let labels = vec![
             Label::new("service", SharedString::from(self.service.value().clone())),
-            Label::from_static_parts("from", change.from.as_str()),
-            Label::from_static_parts("to", change.to.as_str()),
-            Label::from_static_parts("reason", change.reason.as_str()),
+            Label::from_static_parts("from", from.as_str()),
+            Label::from_static_parts("to", to.as_str()),
+            Label::from_static_parts("reason", reason.as_str()),
         ];
         let key = Key::from_parts(self.names.transitions.clone(), labels);
-        metrics::with_recorder(|r| r.register_counter(&key, &METADATA)).increment(1);
+        metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
     }
 }
 

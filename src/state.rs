@@ -21,7 +21,7 @@
 //!
 //! **Closed** means requests flow: outcomes feed the window and the policies
 //! decide when to trip. **Open** refuses calls without touching the inner
-//! service until the open duration (see [`Backoff`](crate::Backoff)) has
+//! service until the open duration (see [`crate::Backoff`]) has
 //! elapsed. **HalfOpen** admits exactly `N` probe calls, however many callers
 //! race for them: the first failure reopens, `M` successes close. A probe
 //! that is dropped, or says nothing ([`Outcome::Ignored`]), gives its permit
@@ -34,7 +34,7 @@
 //! started while Closed cannot reopen a breaker that has since recovered.
 //! Transitions themselves are rare and take a lock; admission and recording
 //! never do. The machine takes the time as an argument and does no I/O: it
-//! tells an [`Observer`] about transitions, and the caller turns those into
+//! tells an observer about transitions, and the caller turns those into
 //! metrics, logs and hooks.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -271,6 +271,13 @@ pub(crate) struct Ticket {
     judged: bool,
 }
 
+impl Ticket {
+    /// Whether this call is a half-open probe.
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
 /// The machine's answer to "may this call go through?".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Admission {
@@ -364,7 +371,21 @@ impl Machine {
     }
 
     /// Decides whether a call may go through. `now` is read only if needed.
+    #[inline]
     pub(crate) fn admit(&self, now: impl Fn() -> u64, obs: &dyn Observer) -> Admission {
+        let w = self.load();
+        if w.machine() == CLOSED && w.mode() == NORMAL {
+            return Admission::Permitted(Ticket {
+                epoch: w.epoch(),
+                probe: false,
+                judged: true,
+            });
+        }
+        self.admit_slow(now, obs)
+    }
+
+    #[cold]
+    fn admit_slow(&self, now: impl Fn() -> u64, obs: &dyn Observer) -> Admission {
         loop {
             let w = self.load();
             let epoch = w.epoch();
@@ -450,7 +471,9 @@ impl Machine {
         }
     }
 
-    /// Records a call's outcome. Returns whether the window's totals changed.
+    /// Records a call's outcome. Returns whether the window's totals or the
+    /// failure streak changed (the rates and trip risk need refreshing).
+    #[inline]
     pub(crate) fn record(
         &self,
         ticket: Ticket,
@@ -474,17 +497,29 @@ impl Machine {
         if w.machine() != CLOSED {
             return false;
         }
+        // A streak that starts, grows or ends changes the consecutive
+        // policy's trip risk even when the window's totals stay the same.
+        let mut streak_changed = false;
         let (failure, consecutive) = match outcome {
             Outcome::Ignored => return false,
             Outcome::Success => {
                 if self.consecutive.load(Ordering::Relaxed) != 0 {
                     self.consecutive.store(0, Ordering::Relaxed);
+                    streak_changed = true;
+                }
+                // A success since the hint says the upstream answered again:
+                // the hint must not stretch a trip much later.
+                if self.hint.load(Ordering::Relaxed) != 0 {
+                    self.hint.store(0, Ordering::Relaxed);
                 }
                 (false, 0)
             }
-            Outcome::Failure(_) => (true, self.consecutive.fetch_add(1, Ordering::AcqRel) + 1),
+            Outcome::Failure(_) => {
+                streak_changed = true;
+                (true, self.consecutive.fetch_add(1, Ordering::AcqRel) + 1)
+            }
         };
-        let changed = self.window.record(Sample { failure, slow }, now);
+        let changed = self.window.record(Sample { failure, slow }, now) || streak_changed;
         if failure || slow {
             let counts = self.window.counts(now);
             if let Some(reason) = self.config.policy.evaluate(&counts, consecutive) {
@@ -559,7 +594,8 @@ impl Machine {
             });
     }
 
-    /// Remembers a server's hint (Retry-After) for the next open duration.
+    /// Remembers a server's hint (Retry-After) for the next open duration,
+    /// until a success in Closed makes it stale.
     pub(crate) fn hint(&self, retry_after: Duration) {
         let nanos = hint_nanos(retry_after, self.config.retry_after_cap).max(1);
         self.hint.store(nanos, Ordering::Release);
@@ -583,9 +619,8 @@ impl Machine {
             }
             let snapshot = self.snapshot_of(w, now);
             let (machine, mode) = match target {
-                // Probes that succeed close the machine under the current
-                // override: in MetricsOnly the shadow machine recovers and
-                // shadow mode goes on. Only the handle lifts an override.
+                // The machine closing itself keeps an override (shadow mode);
+                // closing by hand lifts it.
                 Target::Closed if reason != Reason::Manual => (CLOSED, w.mode()),
                 Target::Closed | Target::Reset => (CLOSED, NORMAL),
                 Target::Open => (OPEN, w.mode()),

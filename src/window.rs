@@ -27,7 +27,7 @@
 //! in the neighbouring bucket or be lost: the window is approximate at its
 //! trailing edge by at most the calls of one such race.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// One call's sample: whether it failed and whether it was slow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +112,9 @@ impl Window {
 /// The last `N` calls.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
-    cursor: AtomicU64,
+    cursor: AtomicU32,
+    /// `u64::MAX / len + 1`: turns `cursor % len` into two multiplications.
+    reciprocal: u64,
     slots: Box<[AtomicU8]>,
     calls: AtomicI64,
     failures: AtomicI64,
@@ -121,9 +123,11 @@ pub(crate) struct CountWindow {
 
 impl CountWindow {
     pub(crate) fn new(size: usize) -> Self {
+        let size = size.clamp(1, u32::MAX as usize);
         CountWindow {
-            cursor: AtomicU64::new(0),
-            slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
+            cursor: AtomicU32::new(0),
+            reciprocal: (u64::MAX / size as u64).wrapping_add(1),
+            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
             calls: AtomicI64::new(0),
             failures: AtomicI64::new(0),
             slow: AtomicI64::new(0),
@@ -132,8 +136,24 @@ impl CountWindow {
 
     #[inline]
     fn record(&self, sample: Sample) -> bool {
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
-        self.replace(i as usize, sample.encode())
+        let i = self.slot(self.cursor.fetch_add(1, Ordering::Relaxed));
+        let new = sample.encode();
+        // The steady state: a sample replacing its twin changes nothing, so
+        // skip the write. (Should another writer change the slot meanwhile,
+        // its sample stands in for this one: the totals still match the slots.)
+        if self.slots[i].load(Ordering::Relaxed) == new {
+            return false;
+        }
+        self.replace(i, new)
+    }
+
+    /// `cursor % len` without a division (Lemire's fastmod for 32-bit
+    /// operands). The cursor wraps at 2^32, which skips a few slots once
+    /// every four billion calls: harmless.
+    #[inline]
+    fn slot(&self, cursor: u32) -> usize {
+        let low = self.reciprocal.wrapping_mul(u64::from(cursor));
+        ((u128::from(low) * self.slots.len() as u128) >> 64) as usize
     }
 
     #[inline]
@@ -356,6 +376,20 @@ mod tests {
         assert_eq!(w.counts(10 * sec).calls, 2);
         // Long silence empties the window.
         assert_eq!(w.counts(100 * sec), Counts::default());
+    }
+
+    #[test]
+    fn fastmod_matches_the_remainder() {
+        for len in [1usize, 2, 3, 7, 100, 1000, 65_537, 1_000_000] {
+            let w = CountWindow::new(len);
+            for cursor in (0..5000u32).chain([u32::MAX - 3, u32::MAX - 1, u32::MAX]) {
+                assert_eq!(
+                    w.slot(cursor),
+                    cursor as usize % len,
+                    "len {len} cursor {cursor}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,18 @@ use std::fmt;
 
 use crate::InFlight;
 
+#[cfg(feature = "grpc")]
+mod grpc;
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+pub(crate) mod parse;
+
+#[cfg(feature = "grpc")]
+pub use self::grpc::{GrpcClassifier, GrpcCode};
+#[cfg(feature = "http")]
+pub use self::http::HttpClassifier;
+
 /// What a finished call means to the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -56,6 +68,44 @@ impl FailureKind {
     pub const HTTP_429: FailureKind = FailureKind::custom("http_429");
     /// A successful call slower than the slow-call threshold, in half-open.
     pub const SLOW: FailureKind = FailureKind::custom("slow");
+    /// An HTTP 4xx response other than 429, when configured to fail.
+    pub const HTTP_4XX: FailureKind = FailureKind::custom("http_4xx");
+
+    /// gRPC status OK (only if configured to fail).
+    pub const GRPC_OK: FailureKind = FailureKind::custom("grpc_ok");
+    /// gRPC status CANCELLED.
+    pub const GRPC_CANCELLED: FailureKind = FailureKind::custom("grpc_cancelled");
+    /// gRPC status UNKNOWN.
+    pub const GRPC_UNKNOWN: FailureKind = FailureKind::custom("grpc_unknown");
+    /// gRPC status INVALID_ARGUMENT.
+    pub const GRPC_INVALID_ARGUMENT: FailureKind = FailureKind::custom("grpc_invalid_argument");
+    /// gRPC status DEADLINE_EXCEEDED.
+    pub const GRPC_DEADLINE_EXCEEDED: FailureKind = FailureKind::custom("grpc_deadline_exceeded");
+    /// gRPC status NOT_FOUND.
+    pub const GRPC_NOT_FOUND: FailureKind = FailureKind::custom("grpc_not_found");
+    /// gRPC status ALREADY_EXISTS.
+    pub const GRPC_ALREADY_EXISTS: FailureKind = FailureKind::custom("grpc_already_exists");
+    /// gRPC status PERMISSION_DENIED.
+    pub const GRPC_PERMISSION_DENIED: FailureKind = FailureKind::custom("grpc_permission_denied");
+    /// gRPC status RESOURCE_EXHAUSTED.
+    pub const GRPC_RESOURCE_EXHAUSTED: FailureKind = FailureKind::custom("grpc_resource_exhausted");
+    /// gRPC status FAILED_PRECONDITION.
+    pub const GRPC_FAILED_PRECONDITION: FailureKind =
+        FailureKind::custom("grpc_failed_precondition");
+    /// gRPC status ABORTED.
+    pub const GRPC_ABORTED: FailureKind = FailureKind::custom("grpc_aborted");
+    /// gRPC status OUT_OF_RANGE.
+    pub const GRPC_OUT_OF_RANGE: FailureKind = FailureKind::custom("grpc_out_of_range");
+    /// gRPC status UNIMPLEMENTED.
+    pub const GRPC_UNIMPLEMENTED: FailureKind = FailureKind::custom("grpc_unimplemented");
+    /// gRPC status INTERNAL.
+    pub const GRPC_INTERNAL: FailureKind = FailureKind::custom("grpc_internal");
+    /// gRPC status UNAVAILABLE.
+    pub const GRPC_UNAVAILABLE: FailureKind = FailureKind::custom("grpc_unavailable");
+    /// gRPC status DATA_LOSS.
+    pub const GRPC_DATA_LOSS: FailureKind = FailureKind::custom("grpc_data_loss");
+    /// gRPC status UNAUTHENTICATED.
+    pub const GRPC_UNAUTHENTICATED: FailureKind = FailureKind::custom("grpc_unauthenticated");
 
     /// A kind of your own. Keep the set small: it becomes a metric label.
     pub const fn custom(name: &'static str) -> Self {
@@ -210,9 +260,12 @@ where
 /// - tower's and tokio's `Elapsed`, or an `io::Error` of kind `TimedOut`:
 ///   [`FailureKind::TIMEOUT`];
 /// - an `io::Error` of kind `ConnectionRefused`, `ConnectionReset`,
-///   `ConnectionAborted`, `NotConnected`, `AddrNotAvailable`, or an error
-///   whose type says it is a connect error: [`FailureKind::CONNECT`];
+///   `ConnectionAborted`, `NotConnected` or `AddrNotAvailable` (hyper-util's
+///   connect errors carry one as their source): [`FailureKind::CONNECT`];
 /// - anything else: [`FailureKind::ERROR`].
+///
+/// The walk looks inside an `io::Error` that wraps another error
+/// (`io::Error::other(e)`), whose `source()` would skip it.
 pub fn classify_error(error: &(dyn Error + 'static)) -> Outcome {
     let mut current: Option<&(dyn Error + 'static)> = Some(error);
     while let Some(err) = current {
@@ -222,6 +275,7 @@ pub fn classify_error(error: &(dyn Error + 'static)) -> Outcome {
         if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
             return Outcome::Failure(FailureKind::TIMEOUT);
         }
+        let mut next = err.source();
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             match io.kind() {
@@ -230,8 +284,11 @@ pub fn classify_error(error: &(dyn Error + 'static)) -> Outcome {
                 | AddrNotAvailable => return Outcome::Failure(FailureKind::CONNECT),
                 _ => {}
             }
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner as &(dyn Error + 'static));
+            }
         }
-        current = err.source();
+        current = next;
     }
     Outcome::Failure(FailureKind::ERROR)
 }
@@ -269,5 +326,17 @@ mod tests {
         );
         let other = std::io::Error::other("boom");
         assert_eq!(classify_error(&other), Outcome::Failure(FailureKind::ERROR));
+        // io::Error::other(e) hides `e` from source(): looked at all the same.
+        let wrapped = std::io::Error::other(tower::timeout::error::Elapsed::new());
+        assert_eq!(
+            classify_error(&wrapped),
+            Outcome::Failure(FailureKind::TIMEOUT)
+        );
+        let nested = std::io::Error::other(crate::CircuitOpen::new(
+            "inner".into(),
+            crate::State::Open,
+            None,
+        ));
+        assert_eq!(classify_error(&nested), Outcome::Ignored);
     }
 }

@@ -1,0 +1,129 @@
+//! Response bodies that finish their call at the end of the stream.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::classify::{FailureKind, GrpcClassifier, Outcome};
+use crate::InFlight;
+
+pin_project! {
+    /// A gRPC response body that finishes its call when the status arrives.
+    ///
+    /// Made by [`GrpcClassifier`]. The call is finished by the trailers
+    /// frame, by the end of the stream (no trailers: UNKNOWN), or by an
+    /// error frame (a failure of kind `error`). Dropped before any of those,
+    /// the call counts as ignored and gives back its half-open permit.
+    ///
+    /// Frames pass through unchanged.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tower_breaker::{classify::GrpcClassifier, CircuitBreakerLayer, State};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("doc-grpc-body")
+    ///     .consecutive_failures(1)
+    ///     .classifier(GrpcClassifier::new())
+    ///     .build()
+    ///     .unwrap();
+    /// let svc = layer.layer(service_fn(|_: ()| async {
+    ///     // A stream that ends without trailers: no status, so UNKNOWN.
+    ///     let body = Full::new(Bytes::from_static(b"\0\0\0\0\0"));
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    /// }));
+    /// let body = svc.oneshot(()).await.unwrap().into_body();
+    /// assert_eq!(layer.handle().state(), State::Closed); // not judged yet
+    /// let _ = body.collect().await;
+    /// assert_eq!(layer.handle().state(), State::Open);
+    /// # }
+    /// ```
+    pub struct GrpcBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<InFlight>,
+        classifier: GrpcClassifier,
+    }
+}
+
+impl<B> GrpcBody<B> {
+    pub(crate) fn new(inner: B, call: InFlight, classifier: GrpcClassifier) -> Self {
+        GrpcBody {
+            inner,
+            call: Some(call),
+            classifier,
+        }
+    }
+
+    /// A body whose call was already finished from the headers.
+    pub(crate) fn finished(inner: B) -> Self {
+        GrpcBody {
+            inner,
+            call: None,
+            classifier: GrpcClassifier::new(),
+        }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The wrapped body; the call, if still open, counts as ignored.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B> Body for GrpcBody<B>
+where
+    B: Body,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        let call = match &frame {
+            Some(Ok(data)) if !data.is_trailers() => None,
+            _ => this.call.take(),
+        };
+        if let Some(call) = call {
+            match &frame {
+                Some(Ok(trailers)) => this.classifier.finish_with(trailers.trailers_ref(), call),
+                Some(Err(_)) => call.finish(Outcome::Failure(FailureKind::ERROR)),
+                None => this.classifier.finish_with(None, call),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Until the call is finished, ask to be polled once more so the end
+        // of the stream is seen and judged, not dropped as ignored.
+        self.call.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> fmt::Debug for GrpcBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcBody")
+            .field("finished", &self.call.is_none())
+            .finish_non_exhaustive()
+    }
+}

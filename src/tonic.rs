@@ -1,0 +1,129 @@
+//! tonic integration: rejections as `UNAVAILABLE`.
+//!
+//! A breaker in a tonic client stack fails with a [`BoxError`], which a
+//! generated client turns into a `Status`; without help a rejection becomes
+//! UNKNOWN. Map the stack's errors with [`status_from_error`] so it becomes
+//! UNAVAILABLE, the code clients retry and back off on.
+//!
+//! ```no_run
+//! use tower::ServiceBuilder;
+//! use tower_breaker::{classify::GrpcClassifier, tonic::status_from_error, CircuitBreakerLayer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let breaker = CircuitBreakerLayer::builder()
+//!     .name("health")
+//!     .classifier(GrpcClassifier::new())
+//!     .build()?;
+//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
+//! let svc = ServiceBuilder::new()
+//!     .map_err(status_from_error)
+//!     .layer(breaker)
+//!     .service(channel);
+//! let mut client = tonic_health::pb::health_client::HealthClient::new(svc);
+//! let reply = client.check(tonic_health::pb::HealthCheckRequest::default()).await;
+//! # let _ = reply;
+//! # Ok(())
+//! # }
+//! ```
+
+use ::tonic::{Code, Status};
+use tower::BoxError;
+
+use crate::classify::GrpcCode;
+use crate::CircuitOpen;
+
+impl From<CircuitOpen> for Status {
+    /// UNAVAILABLE, with `retry-after` (whole seconds, rounded up) and
+    /// `grpc-retry-pushback-ms` metadata when the breaker knows when it will
+    /// probe again. The message names no upstream.
+    fn from(open: CircuitOpen) -> Status {
+        let mut status = Status::unavailable("circuit open");
+        if let Some(after) = open.retry_after() {
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            let millis = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+            let metadata = status.metadata_mut();
+            metadata.insert("retry-after", seconds.into());
+            metadata.insert("grpc-retry-pushback-ms", millis.into());
+        }
+        status
+    }
+}
+
+/// Turns a breaker stack's error into a `Status`: a [`CircuitOpen`] anywhere
+/// in the source chain becomes UNAVAILABLE (see `From<CircuitOpen>`), and
+/// anything else goes through `Status::from_error`.
+pub fn status_from_error(error: BoxError) -> Status {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(err) = current {
+        if let Some(open) = err.downcast_ref::<CircuitOpen>() {
+            return open.clone().into();
+        }
+        current = err.source();
+    }
+    Status::from_error(error)
+}
+
+impl From<GrpcCode> for Code {
+    fn from(code: GrpcCode) -> Code {
+        Code::from_i32(code.code())
+    }
+}
+
+impl From<Code> for GrpcCode {
+    fn from(code: Code) -> GrpcCode {
+        GrpcCode::from_i32(code as i32).unwrap_or(GrpcCode::Unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::State;
+
+    #[test]
+    fn rejection_is_unavailable_with_pushback() {
+        let open = CircuitOpen::new("x".into(), State::Open, Some(Duration::from_millis(1_500)));
+        let status = status_from_error(Box::new(open));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
+        assert_eq!(
+            status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+            "1500"
+        );
+        let other = status_from_error(Box::new(Status::not_found("gone")));
+        assert_eq!(other.code(), Code::NotFound);
+        let plain = status_from_error("boom".into());
+        assert_eq!(plain.code(), Code::Unknown);
+    }
+
+    #[test]
+    fn grpc_classifier_judges_status_errors_by_code() {
+        use crate::classify::{Classify, GrpcClassifier};
+        use crate::{FailureKind, Outcome};
+        let judge = |e: &(dyn std::error::Error + 'static)| {
+            <GrpcClassifier as Classify<http::Response<()>>>::classify_error(
+                &GrpcClassifier::new(),
+                e,
+            )
+        };
+        assert_eq!(
+            judge(&Status::unavailable("down")),
+            Outcome::Failure(FailureKind::GRPC_UNAVAILABLE)
+        );
+        assert_eq!(judge(&Status::not_found("gone")), Outcome::Success);
+        assert_eq!(judge(&Status::cancelled("bye")), Outcome::Ignored);
+        let open = CircuitOpen::new("x".into(), State::Open, None);
+        assert_eq!(judge(&open), Outcome::Ignored);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(judge(&refused), Outcome::Failure(FailureKind::CONNECT));
+    }
+
+    #[test]
+    fn codes_convert_both_ways() {
+        for code in GrpcCode::ALL {
+            assert_eq!(GrpcCode::from(Code::from(code)), code);
+        }
+    }
+}
