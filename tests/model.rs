@@ -28,8 +28,8 @@ use proptest::test_runner::TestCaseError;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_breaker::classify::Classify;
 use tower_breaker::{
-    Backoff, CircuitBreakerLayer, CircuitOpen, Clock, FailureKind, InFlight, ManualClock, Outcome,
-    State,
+    Backoff, CircuitBreakerLayer, CircuitOpen, Clock, FailureKind, InFlight, ManualClock,
+    MetricsLevel, Outcome, State,
 };
 
 const MS: u64 = 1_000_000;
@@ -68,14 +68,17 @@ struct Cfg {
     successes: u32,
     max_wait: Option<u64>,
     open: Open,
+    level: MetricsLevel,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Out {
     Ok,
-    Fail,
+    Fail(FailureKind),
     Ignore,
 }
+
+const TEAPOT: FailureKind = FailureKind::custom("teapot");
 
 #[derive(Clone, Copy, Debug)]
 struct Reply {
@@ -120,8 +123,12 @@ fn cfg_strategy() -> impl Strategy<Value = Cfg> {
         window,
         1u64..=6,
         (1u32..=3, 1u32..=3),
-        proptest::option::of(Just(2 * SEC)),
-        open,
+        (proptest::option::of(Just(2 * SEC)), open),
+        prop_oneof![
+            1 => Just(MetricsLevel::Minimal),
+            1 => Just(MetricsLevel::Standard),
+            2 => Just(MetricsLevel::Full)
+        ],
     )
         .prop_map(
             |(
@@ -131,8 +138,8 @@ fn cfg_strategy() -> impl Strategy<Value = Cfg> {
                 window,
                 min,
                 (permits, succ),
-                max_wait,
-                open,
+                (max_wait, open),
+                level,
             )| {
                 let minimum_calls = match window {
                     Win::Count(n) => min.min(n as u64),
@@ -148,13 +155,20 @@ fn cfg_strategy() -> impl Strategy<Value = Cfg> {
                     successes: succ.min(permits),
                     max_wait,
                     open,
+                    level,
                 }
             },
         )
 }
 
 fn reply_strategy() -> impl Strategy<Value = Reply> {
-    let out = prop_oneof![4 => Just(Out::Ok), 4 => Just(Out::Fail), 1 => Just(Out::Ignore)];
+    let out = prop_oneof![
+        4 => Just(Out::Ok),
+        2 => Just(Out::Fail(FailureKind::ERROR)),
+        1 => Just(Out::Fail(FailureKind::TIMEOUT)),
+        1 => Just(Out::Fail(TEAPOT)),
+        1 => Just(Out::Ignore),
+    ];
     let hint = prop_oneof![
         8 => Just(None),
         1 => Just(Some(2 * SEC)),
@@ -245,6 +259,28 @@ impl Emitted {
     fn count(&mut self, key: String) {
         *self.counters.entry(key).or_default() += 1;
     }
+
+    /// Keeps what a breaker at `level` reports: Minimal has state,
+    /// transitions and requests; Standard adds the rest but the duration
+    /// histogram, which only Full has.
+    fn at_level(mut self, level: MetricsLevel) -> Self {
+        let keep = |name: &str| {
+            let min = if ["_state{", "_transitions_total{", "_requests_total{"]
+                .iter()
+                .any(|m| name.contains(m))
+            {
+                MetricsLevel::Minimal
+            } else if name.contains("_request_duration_seconds{") {
+                MetricsLevel::Full
+            } else {
+                MetricsLevel::Standard
+            };
+            level >= min
+        };
+        self.counters.retain(|k, _| keep(k));
+        self.histograms.retain(|k, _| keep(k));
+        self
+    }
 }
 
 fn key(name: &str, labels: &[(&str, &str)]) -> String {
@@ -267,6 +303,10 @@ struct Model {
     successes_needed: u32,
     max_wait: Option<u64>,
     open: Open,
+    level: MetricsLevel,
+    /// Whether calls are timed: needed by the duration histogram, the
+    /// slow-call policy and time windows.
+    timed: bool,
 
     now: u64,
     phase: Phase,
@@ -309,6 +349,10 @@ impl Model {
             successes_needed: cfg.successes,
             max_wait: cfg.max_wait,
             open: cfg.open,
+            level: cfg.level,
+            timed: cfg.level == MetricsLevel::Full
+                || cfg.slow_rate.is_some()
+                || matches!(cfg.window, Win::Time(_)),
             now: 0,
             phase: Phase::Closed,
             mode: Mode::Normal,
@@ -586,17 +630,24 @@ impl Model {
         if let Some(h) = hint {
             self.hint = h.clamp(1, RETRY_AFTER_CAP);
         }
-        let elapsed = self.now - t.start;
-        let status = match out {
+        let elapsed = if self.timed { self.now - t.start } else { 0 };
+        let slow = self.slow_duration.is_some_and(|d| elapsed >= d);
+        // A probe that succeeds too slowly fails the half-open test, and is
+        // reported as a failure of kind `slow`.
+        let reported = match out {
+            Out::Ok if t.probe && slow => Out::Fail(FailureKind::SLOW),
+            other => other,
+        };
+        let status = match reported {
             Out::Ok => "success",
-            Out::Fail => "failure",
+            Out::Fail(_) => "failure",
             Out::Ignore => "ignored",
         };
         self.emitted
             .count(key("requests_total", &[("status", status)]));
-        if out == Out::Fail {
+        if let Out::Fail(kind) = reported {
             self.emitted
-                .count(key("failures_total", &[("kind", "error")]));
+                .count(key("failures_total", &[("kind", kind.as_str())]));
         }
         self.emitted
             .histograms
@@ -607,11 +658,10 @@ impl Model {
         if !t.judged || t.period != self.period {
             return;
         }
-        let slow = self.slow_duration.is_some_and(|d| elapsed >= d);
         if t.probe {
             match out {
                 Out::Ignore => self.release(t),
-                Out::Fail => self.transition(Target::Open, "probe_failed"),
+                Out::Fail(_) => self.transition(Target::Open, "probe_failed"),
                 Out::Ok if slow => self.transition(Target::Open, "probe_failed"),
                 Out::Ok => {
                     self.successes += 1;
@@ -631,9 +681,11 @@ impl Model {
             Out::Ignore => return,
             Out::Ok => {
                 self.consecutive_failures = 0;
+                // The upstream answers again: an earlier hint goes stale.
+                self.hint = 0;
                 false
             }
-            Out::Fail => {
+            Out::Fail(_) => {
                 self.consecutive_failures += 1;
                 true
             }
@@ -664,7 +716,7 @@ impl Classify<Reply> for Script {
         }
         call.finish(match reply.out {
             Out::Ok => Outcome::Success,
-            Out::Fail => Outcome::Failure(FailureKind::ERROR),
+            Out::Fail(kind) => Outcome::Failure(kind),
             Out::Ignore => Outcome::Ignored,
         });
     }
@@ -686,6 +738,7 @@ fn build(cfg: &Cfg, clock: Clock) -> CircuitBreakerLayer<Script> {
         .half_open_permits(cfg.permits)
         .half_open_successes(cfg.successes)
         .retry_after_cap(Duration::from_nanos(RETRY_AFTER_CAP))
+        .metrics_level(cfg.level)
         .open_duration(match cfg.open {
             Open::Fixed(d) => Backoff::fixed(Duration::from_nanos(d)),
             Open::Exp(i, m) => {
@@ -869,7 +922,7 @@ fn run(cfg: &Cfg, ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
 
-            let expected = std::mem::take(&mut model.emitted);
+            let expected = std::mem::take(&mut model.emitted).at_level(model.level);
             let ctx = || format!("step {step} ({op:?}), model {model:?}");
             prop_assert_eq!(handle.state(), model.state(), "state after {}", ctx());
             let snap = handle.snapshot();
@@ -939,13 +992,14 @@ fn shadow_recovery_stays_in_metrics_only() {
         successes: 1,
         max_wait: None,
         open: Open::Fixed(SEC),
+        level: MetricsLevel::Full,
     };
     let ok = Reply {
         out: Out::Ok,
         hint: None,
     };
     let fail = Reply {
-        out: Out::Fail,
+        out: Out::Fail(FailureKind::ERROR),
         hint: None,
     };
     let ops = [
@@ -973,6 +1027,54 @@ fn shadow_recovery_stays_in_metrics_only() {
     assert_eq!(handle.state(), State::MetricsOnly);
     call(fail).unwrap();
     call(ok).expect("shadow mode lets calls through");
+}
+
+/// A breaker that does not time calls (metrics level below Full, count
+/// window, no slow-call policy) must still trip, reopen and close at the
+/// current time (found by the model: it used time 0, so after the first
+/// open duration of uptime it never stayed open).
+#[test]
+fn untimed_breaker_opens_for_the_full_duration() {
+    for level in [MetricsLevel::Minimal, MetricsLevel::Standard] {
+        let (clock, manual) = Clock::manual();
+        let layer = CircuitBreakerLayer::builder()
+            .name("untimed")
+            .clock(clock)
+            .metrics_level(level)
+            .consecutive_failures(1)
+            .half_open_permits(1)
+            .max_half_open_wait(Duration::from_secs(5))
+            .open_duration(Backoff::fixed(Duration::from_secs(30)))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let svc = layer.layer(service_fn(|fail: bool| async move {
+            if fail {
+                Err(std::io::Error::other("down"))
+            } else {
+                Ok(())
+            }
+        }));
+        let call = |fail: bool| svc.clone().oneshot(fail).now_or_never().unwrap();
+        manual.advance(Duration::from_secs(3_600));
+        call(true).unwrap_err();
+        assert_eq!(handle.state(), State::Open, "{level:?}");
+        assert_eq!(
+            handle.snapshot().open_remaining,
+            Some(Duration::from_secs(30)),
+            "{level:?}"
+        );
+        manual.advance(Duration::from_secs(29));
+        assert!(call(false).unwrap_err().is::<CircuitOpen>(), "{level:?}");
+        manual.advance(Duration::from_secs(1));
+        // The probe fails: open again for the full duration from now.
+        call(true).unwrap_err();
+        assert_eq!(
+            handle.snapshot().open_remaining,
+            Some(Duration::from_secs(30)),
+            "{level:?}"
+        );
+    }
 }
 
 fn cases() -> u32 {
