@@ -766,9 +766,10 @@ fn build(cfg: &Cfg, clock: Clock) -> CircuitBreakerLayer<Script> {
 
 /// Counter deltas and histogram samples of one step, and the state gauge if
 /// it was written.
-fn observe(snapshotter: &Snapshotter) -> (Emitted, Option<String>) {
+fn observe(snapshotter: &Snapshotter) -> (Emitted, Option<String>, [Option<f64>; 2]) {
     let mut emitted = Emitted::default();
     let mut state = None;
+    let mut rates = [None; 2];
     for (ck, _, _, value) in snapshotter.snapshot().into_vec() {
         let k = ck.key();
         let mut labels: Vec<_> = k
@@ -789,14 +790,25 @@ fn observe(snapshotter: &Snapshotter) -> (Emitted, Option<String>) {
                     .insert(name, v.into_iter().map(|x| x.into_inner()).collect());
             }
             DebugValue::Gauge(g) => {
-                if k.name() == "circuit_breaker_state" && g.into_inner() == 1.0 {
+                let g = g.into_inner();
+                if k.name() == "circuit_breaker_state" && g == 1.0 {
                     let s = k.labels().find(|l| l.key() == "state").unwrap();
                     state = Some(s.value().to_owned());
+                }
+                // Reading a debugging gauge zeroes it: only values written
+                // in this step and not zero are seen.
+                let rate = match k.name() {
+                    "circuit_breaker_error_rate" => &mut rates[0],
+                    "circuit_breaker_slow_call_rate" => &mut rates[1],
+                    _ => continue,
+                };
+                if g != 0.0 {
+                    *rate = Some(g);
                 }
             }
         }
     }
-    (emitted, state)
+    (emitted, state, rates)
 }
 
 fn now_or_never<F: Future>(f: F, what: &str) -> Result<F::Output, TestCaseError> {
@@ -817,6 +829,7 @@ fn run(cfg: &Cfg, ops: &[Op]) -> Result<(), TestCaseError> {
         }));
         let mut model = Model::new(cfg);
         let mut gauge_state = observe(&snapshotter).1;
+        let count_window = matches!(cfg.window, Win::Count(_));
         prop_assert_eq!(gauge_state.as_deref(), Some("closed"));
         let mut in_flight: Vec<InFlightCall> = Vec::new();
 
@@ -961,7 +974,34 @@ fn run(cfg: &Cfg, ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(snap.trip_risk, 1.0, "{}", ctx());
             }
 
-            let (emitted, gauge) = observe(&snapshotter);
+            let (emitted, gauge, rates) = observe(&snapshotter);
+            if count_window {
+                // A rate gauge written during the step shows the window as
+                // it is now. (A time window's rates also move with the
+                // clock alone; they are refreshed while calls flow.)
+                let rate = |part: u64| {
+                    if calls == 0 {
+                        0.0
+                    } else {
+                        part as f64 / calls as f64
+                    }
+                };
+                for (seen, want, what) in [
+                    (rates[0], rate(failures), "error_rate"),
+                    (rates[1], rate(slow), "slow_call_rate"),
+                ] {
+                    if let Some(seen) = seen {
+                        prop_assert!(
+                            (seen - want).abs() < 1e-12,
+                            "{} gauge {} but the window says {} after {}",
+                            what,
+                            seen,
+                            want,
+                            ctx()
+                        );
+                    }
+                }
+            }
             prop_assert_eq!(&emitted, &expected, "metrics emitted by {}", ctx());
             if gauge.is_some() {
                 gauge_state = gauge;
