@@ -110,6 +110,12 @@ impl Breaker {
         self.metrics.handles(|h| self.sync_gauges(h))
     }
 
+    /// Marks the breaker's series idle (its key was evicted): every state
+    /// gauge 0, rates 0.
+    pub(crate) fn retire(&self) {
+        self.handles().set_idle();
+    }
+
     /// Brings a fresh set of handles up to date with the breaker.
     fn sync_gauges(&self, h: &Handles) {
         // Outside the transition lock: a transition racing this one sets the
@@ -276,6 +282,10 @@ impl Observer for Breaker {
             handles.set_state(state);
             self.update_rates(&handles, now);
         }
+    }
+
+    fn name(&self) -> Arc<str> {
+        self.service().clone()
     }
 
     fn on_transition(&self, change: StateChange) {

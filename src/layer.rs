@@ -363,7 +363,7 @@ impl<C> Builder<C> {
         }
     }
 
-    fn validate(&self) -> Result<(Policy, HalfOpen, Window), ConfigError> {
+    fn validate(&self) -> Result<(Policy, HalfOpen), ConfigError> {
         if self.name.trim().is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
         }
@@ -391,7 +391,7 @@ impl<C> Builder<C> {
         if self.minimum_calls == 0 {
             return Err(ConfigError::new("minimum_calls", "must be at least 1"));
         }
-        let window = match self.window {
+        match self.window {
             WindowConfig::Count(0) => {
                 return Err(ConfigError::new("count_window", "size must be at least 1"))
             }
@@ -411,7 +411,6 @@ impl<C> Builder<C> {
                         ),
                     ));
                 }
-                Window::Count(CountWindow::new(n))
             }
             WindowConfig::Time { span, buckets } => {
                 if buckets == 0 || buckets > 10_000 {
@@ -426,9 +425,8 @@ impl<C> Builder<C> {
                         "span must give each bucket at least 1 ms",
                     ));
                 }
-                Window::Time(TimeWindow::new(duration_nanos(span), buckets))
             }
-        };
+        }
         if self.half_open_permits == 0 || self.half_open_permits > MAX_PERMITS {
             return Err(ConfigError::new(
                 "half_open_permits",
@@ -492,46 +490,125 @@ impl<C> Builder<C> {
         if let Some(warning) = &self.early_warning {
             warning.validate(&policy)?;
         }
-        Ok((policy, half_open, window))
+        Ok((policy, half_open))
     }
 
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
-        let (policy, half_open, window) = self.validate()?;
-        let timed = self.level == MetricsLevel::Full
-            || policy.slow_call_duration.is_some()
-            || window.needs_time();
-        let seed = self.clock.now() ^ (&policy as *const Policy as u64);
-        let predictor = self.early_warning.as_ref().map(|w| w.predictor(&policy));
-        let machine = Machine::new(
-            MachineConfig {
+        let (template, classifier) = self.into_template()?;
+        let label = ServiceLabel::acquire(&template.name);
+        Ok(CircuitBreakerLayer {
+            breaker: template.breaker(label),
+            classifier,
+        })
+    }
+
+    /// Checks the settings and keeps them as a [`Template`] that can build
+    /// any number of breakers (one per key for keyed breakers).
+    pub(crate) fn into_template(self) -> Result<(Template, C), ConfigError> {
+        let (policy, half_open) = self.validate()?;
+        let timed = self.level == MetricsLevel::Full || policy.slow_call_duration.is_some();
+        let template = Template {
+            name: self.name,
+            machine: MachineConfig {
                 policy,
                 half_open,
                 backoff: self.backoff,
                 retry_after_cap: self.retry_after_cap,
             },
-            window,
-            seed,
-        );
-        let metrics = BreakerMetrics::new(
-            Arc::new(Names::new(&self.prefix)),
-            ServiceLabel::acquire(&self.name),
-            self.level,
-            |h| {
-                h.set_state(State::Closed);
-                h.error_rate.set(0.0);
-                h.slow_call_rate.set(0.0);
-                h.trip_risk.set(0.0);
-            },
-        );
-        let breaker =
-            Breaker::new(machine, metrics, self.clock, timed, self.hooks).with_predictor(predictor);
+            window: self.window,
+            timed,
+            clock: self.clock,
+            names: Arc::new(Names::new(&self.prefix)),
+            level: self.level,
+            hooks: self.hooks,
+            caller: self.caller,
+            early_warning: self.early_warning,
+        };
+        Ok((template, self.classifier))
+    }
+}
+
+/// A validated configuration: builds breakers that share the settings, the
+/// clock, the metric names, the hooks and the caller, each with its own
+/// machine, window, predictor, `service` label and dependency edge.
+pub(crate) struct Template {
+    /// The builder's name: the label of the breaker a plain layer builds.
+    pub(crate) name: String,
+    machine: MachineConfig,
+    window: WindowConfig,
+    /// Whether calls must be timed, whatever the window.
+    timed: bool,
+    pub(crate) clock: Clock,
+    names: Arc<Names>,
+    level: MetricsLevel,
+    hooks: Vec<StateHook>,
+    caller: Option<String>,
+    early_warning: Option<EarlyWarning>,
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Template")
+            .field("machine", &self.machine)
+            .field("window", &self.window)
+            .field("clock", &self.clock)
+            .field("level", &self.level)
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Template {
+    /// A fresh Closed breaker reporting under `label`, on the dependency
+    /// graph as `caller -> label`.
+    pub(crate) fn breaker(&self, label: ServiceLabel) -> Arc<Breaker> {
+        let window = match self.window {
+            WindowConfig::Count(n) => Window::Count(CountWindow::new(n)),
+            WindowConfig::Time { span, buckets } => {
+                Window::Time(TimeWindow::new(duration_nanos(span), buckets))
+            }
+        };
+        // Breakers built together must not draw the same jitter.
+        let seed = self.clock.now()
+            ^ (label.value().as_ptr() as u64).rotate_left(32)
+            ^ (&window as *const Window as u64);
+        let timed = self.timed || window.needs_time();
+        let predictor = self
+            .early_warning
+            .as_ref()
+            .map(|w| w.predictor(&self.machine.policy));
+        let machine = Machine::new(self.machine.clone(), window, seed);
+        let metrics = BreakerMetrics::new(self.names.clone(), label, self.level, |h| {
+            h.set_state(State::Closed);
+            h.error_rate.set(0.0);
+            h.slow_call_rate.set(0.0);
+            h.trip_risk.set(0.0);
+        });
+        let breaker = Breaker::new(
+            machine,
+            metrics,
+            self.clock.clone(),
+            timed,
+            self.hooks.clone(),
+        )
+        .with_predictor(predictor);
         let breaker = Arc::new(breaker);
         crate::dependency::track(&breaker, self.caller.as_deref());
-        Ok(CircuitBreakerLayer {
-            breaker,
-            classifier: self.classifier,
-        })
+        breaker
+    }
+
+    /// The heap bytes of one breaker's window.
+    pub(crate) fn window_bytes(&self) -> usize {
+        match self.window {
+            WindowConfig::Count(n) => n,
+            WindowConfig::Time { buckets, .. } => buckets * 4 * std::mem::size_of::<u64>(),
+        }
+    }
+
+    /// How many state-change hooks every breaker shares.
+    pub(crate) fn hooks_len(&self) -> usize {
+        self.hooks.len()
     }
 }
 

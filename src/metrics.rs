@@ -496,6 +496,17 @@ impl Handles {
         }
     }
 
+    /// Zeroes the state gauge (every state 0) and the rates: the series of
+    /// a breaker that is gone, such as an evicted key's.
+    pub(crate) fn set_idle(&self) {
+        for gauge in &self.state {
+            gauge.set(0.0);
+        }
+        self.error_rate.set(0.0);
+        self.slow_call_rate.set(0.0);
+        self.trip_risk.set(0.0);
+    }
+
     /// Records a recovery time.
     pub(crate) fn recovered(&self, seconds: f64) {
         self.recovery.record(seconds);
@@ -509,8 +520,13 @@ pub(crate) struct BreakerMetrics {
     level: MetricsLevel,
     /// Transitions created at zero for every recorder.
     expected: Box<[Transition]>,
-    slots: [OnceLock<Handles>; RECORDER_SLOTS],
+    /// Boxed: a breaker usually sees one recorder, and keyed breakers are many.
+    slots: [OnceLock<Box<Handles>>; RECORDER_SLOTS],
 }
+
+/// The bytes of one recorder's handles, boxed per recorder a breaker sees.
+pub(crate) const HANDLES_BYTES: usize =
+    std::mem::size_of::<Handles>() + 2 * std::mem::size_of::<usize>();
 
 /// How many recorders' handles a breaker keeps.
 const RECORDER_SLOTS: usize = 4;
@@ -605,7 +621,7 @@ impl BreakerMetrics {
         for slot in &self.slots {
             let handles = match slot.get() {
                 Some(handles) => handles,
-                None => slot.get_or_init(|| self.resolve(recorder, &fresh)),
+                None => slot.get_or_init(|| Box::new(self.resolve(recorder, &fresh))),
             };
             if handles.recorder == recorder {
                 return HandlesRef::Cached(handles);
@@ -617,6 +633,7 @@ impl BreakerMetrics {
     /// Runs `f` on the handles of every recorder seen so far.
     pub(crate) fn for_each_cached(&self, mut f: impl FnMut(&Handles)) {
         for handles in self.slots.iter().filter_map(OnceLock::get) {
+            let handles: &Handles = handles;
             f(handles);
         }
     }

@@ -38,7 +38,7 @@
 //! metrics, logs and hooks.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backoff::{hint_nanos, Backoff, Jitter};
@@ -180,6 +180,9 @@ pub struct StateChange {
     pub recovery: Option<Duration>,
     /// When opening: how long the breaker stays open.
     pub open_for: Option<Duration>,
+    /// The breaker's name (its `service` label): tells keyed breakers,
+    /// which share their hooks, apart.
+    pub service: Arc<str>,
 }
 
 /// Told about every transition.
@@ -188,6 +191,10 @@ pub(crate) trait Observer {
     fn on_transition_locked(&self, change: &StateChange);
     /// Called after the lock is released (logs, user hooks).
     fn on_transition(&self, change: StateChange);
+    /// The breaker's name, for [`StateChange::service`].
+    fn name(&self) -> Arc<str> {
+        Arc::from("")
+    }
 }
 
 // The state word: | epoch:24 | successes:16 | admitted:16 | unused:4 | mode:2 | machine:2 |
@@ -698,6 +705,7 @@ impl Machine {
                 shadow,
                 recovery,
                 open_for,
+                service: obs.name(),
             };
             obs.on_transition_locked(&change);
             change
