@@ -190,7 +190,15 @@ impl Breaker {
             other => other,
         };
         handles.finished(reported, elapsed as f64 * 1e-9);
-        let changed = self.machine.record(ticket, outcome, elapsed, end, self);
+        // A transition needs the time even when calls are not timed: a
+        // failure may trip, a probe may close or reopen. The hot path
+        // (closed + success) of an untimed breaker still reads no clock.
+        let now = if self.timed || !(ticket.is_probe() || matches!(outcome, Outcome::Failure(_))) {
+            end
+        } else {
+            self.clock.now()
+        };
+        let changed = self.machine.record(ticket, outcome, elapsed, now, self);
         if changed {
             // Not the hot path: the window's totals or the streak changed.
             let warning = match &self.predictor {
