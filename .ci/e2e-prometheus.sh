@@ -128,6 +128,7 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 [ "$ready" -eq 1 ] || { show_logs; die "mesh_demo did not serve $metrics_url within 20 s"; }
+unauthenticated=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$metrics_url")
 
 # ---------------------------------------------------------------------------
 # Prometheus: the deploy kit's config, pointed at this demo, token enabled.
@@ -273,6 +274,11 @@ if [ "$catalog_opened" -eq 0 ]; then
     report "catalog breaker never opened (per-upstream breakers isolate the failing upstream)" 1
 else
     report "catalog breaker never opened (per-upstream breakers isolate the failing upstream)" 0 "query held: $catalog_tripped"
+fi
+if [ "$unauthenticated" = 401 ]; then
+    report "/metrics refuses a scrape without the token (401)" 1
+else
+    report "/metrics refuses a scrape without the token (401)" 0 "got HTTP $unauthenticated"
 fi
 # What the demo serves is what the deploy kit expects: promtool-clean, and
 # every metric family of the contract (the dashboard and alerts use them).
