@@ -106,3 +106,62 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
         .parse()
         .map_err(|_| format!("{flag}: not a valid number: {value:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.duration, None);
+        assert_eq!((args.port, args.gateway_port()), (9464, 9465));
+        assert_eq!(args.phase, Duration::from_secs(20));
+        assert_eq!((args.rate, args.token, args.help), (200, None, false));
+    }
+
+    #[test]
+    fn flags_with_space_or_equals() {
+        let args = parse(&[
+            "--duration-secs",
+            "30",
+            "--port=0",
+            "--token",
+            "s3cret",
+            "--phase-secs=5",
+            "--rate",
+            "90",
+        ])
+        .unwrap();
+        assert_eq!(args.duration, Some(Duration::from_secs(30)));
+        assert_eq!((args.port, args.gateway_port()), (0, 0));
+        assert_eq!(args.token.as_deref(), Some("s3cret"));
+        assert_eq!((args.phase, args.rate), (Duration::from_secs(5), 90));
+        assert_eq!(
+            parse(&["--gateway-port", "8080"]).unwrap().gateway_port(),
+            8080
+        );
+        assert!(parse(&["--help"]).unwrap().help);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        for (args, flag) in [
+            (&["--port"][..], "--port"),
+            (&["--port", "99999"], "--port"),
+            (&["--duration-secs", "0"], "--duration-secs"),
+            (&["--phase-secs", "1"], "--phase-secs"),
+            (&["--rate", "x"], "--rate"),
+            (&["--token", ""], "--token"),
+            (&["--token", "a b"], "--token"),
+            (&["--bogus"], "--bogus"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+}

@@ -176,3 +176,56 @@ pub(crate) fn dice(n: u64) -> f64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PHASE: Duration = Duration::from_secs(10);
+
+    fn at(secs: f64) -> (Phase, f64, Duration) {
+        scheduled(Duration::from_secs_f64(secs), PHASE)
+    }
+
+    #[test]
+    fn schedule_cycles_healthy_failing_recovering() {
+        assert_eq!(at(0.0), (Phase::Healthy, 0.01, Duration::from_millis(5)));
+        assert_eq!(at(9.9).0, Phase::Healthy);
+        let (phase, rate, latency) = at(10.0);
+        assert_eq!(
+            (phase, latency),
+            (Phase::Failing, Duration::from_millis(40))
+        );
+        assert!((rate - 0.1).abs() < 1e-9);
+        assert!(
+            (at(12.5).1 - 0.5).abs() < 1e-9,
+            "climbs over half the phase"
+        );
+        assert!((at(15.0).1 - 0.9).abs() < 1e-9);
+        assert!((at(19.9).1 - 0.9).abs() < 1e-9, "then stays");
+        let (phase, rate, _) = at(20.0);
+        assert_eq!(phase, Phase::Recovering);
+        assert!((rate - 0.2).abs() < 1e-9);
+        assert!(at(29.9).1 < 0.02);
+        assert_eq!(at(30.0).0, Phase::Healthy, "and again");
+        assert_eq!(at(45.0).0, Phase::Failing);
+    }
+
+    #[test]
+    fn rolls_fail_at_the_set_rate() {
+        let faults = Faults::new();
+        faults.set_manual(Some(0.3), Some(Duration::from_millis(7)));
+        assert_eq!(faults.phase(), Phase::Manual);
+        assert_eq!(faults.latency(), Duration::from_millis(7));
+        let failures = (0..100_000).filter(|_| faults.roll()).count();
+        assert!((29_000..31_000).contains(&failures), "{failures}");
+        faults.set_manual(Some(0.0), None);
+        assert_eq!(faults.latency(), Duration::from_millis(7), "kept");
+        assert!(!(0..10_000).any(|_| faults.roll()));
+        faults.set_manual(Some(1.0), None);
+        assert!((0..10_000).all(|_| faults.roll()));
+        assert!(faults.to_json().contains("\"schedule\":false"));
+        faults.resume_schedule();
+        assert!(faults.to_json().contains("\"schedule\":true"));
+    }
+}
