@@ -326,30 +326,28 @@ fn expected_transitions(policy: &Policy) -> Vec<Transition> {
 fn log_transition(service: &str, change: &StateChange) {
     let open_for = change.open_for.map(|d| d.as_secs_f64());
     let recovery = change.recovery.map(|d| d.as_secs_f64());
+    // One set of fields; only the level and message depend on the direction.
+    macro_rules! event {
+        ($level:expr, $message:literal) => {
+            tracing::event!(
+                $level,
+                service,
+                from = change.from.as_str(),
+                to = change.to.as_str(),
+                reason = change.reason.as_str(),
+                error_rate = change.snapshot.failure_rate,
+                slow_call_rate = change.snapshot.slow_call_rate,
+                shadow = change.shadow,
+                open_for,
+                recovery,
+                $message
+            )
+        };
+    }
     if matches!(change.to, State::Open | State::ForcedOpen) {
-        tracing::warn!(
-            service,
-            from = change.from.as_str(),
-            to = change.to.as_str(),
-            reason = change.reason.as_str(),
-            error_rate = change.snapshot.failure_rate,
-            slow_call_rate = change.snapshot.slow_call_rate,
-            shadow = change.shadow,
-            open_for,
-            "circuit breaker opened"
-        );
+        event!(tracing::Level::WARN, "circuit breaker opened");
     } else {
-        tracing::info!(
-            service,
-            from = change.from.as_str(),
-            to = change.to.as_str(),
-            reason = change.reason.as_str(),
-            error_rate = change.snapshot.failure_rate,
-            slow_call_rate = change.snapshot.slow_call_rate,
-            shadow = change.shadow,
-            recovery,
-            "circuit breaker state changed"
-        );
+        event!(tracing::Level::INFO, "circuit breaker state changed");
     }
 }
 

@@ -2,6 +2,10 @@
 //! trailers, streaming bodies, dropped bodies, pushback.
 #![cfg(feature = "grpc")]
 
+#[path = "support/outcomes.rs"]
+mod outcomes;
+use outcomes::{expected, recorded};
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -11,7 +15,6 @@ use futures::executor::block_on;
 use http::{HeaderMap, HeaderValue, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, StreamBody};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_breaker::classify::{GrpcClassifier, GrpcCode};
 use tower_breaker::{
@@ -21,49 +24,6 @@ use tower_breaker::{
 type Frames = Vec<Result<Frame<Bytes>, std::io::Error>>;
 type TestBody =
     StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>>;
-
-/// What the breaker's metrics recorded for calls made by `run`, as
-/// `"success"`, `"ignored"` or `"failure:<kind>"`.
-fn recorded(run: impl FnOnce()) -> Vec<String> {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, run);
-    let mut seen = Vec::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let DebugValue::Counter(n) = value else {
-            continue;
-        };
-        if n == 0 {
-            continue;
-        }
-        let key = key.key();
-        let label = |name: &str| {
-            key.labels()
-                .find(|l| l.key() == name)
-                .map(|l| l.value().to_owned())
-        };
-        match key.name() {
-            "circuit_breaker_failures_total" => {
-                seen.push(format!("failure:{}", label("kind").unwrap()))
-            }
-            "circuit_breaker_requests_total" => {
-                if let Some(s @ ("success" | "ignored")) = label("status").as_deref() {
-                    seen.push(s.to_owned())
-                }
-            }
-            _ => {}
-        }
-    }
-    seen.sort();
-    seen
-}
-
-fn expected(outcome: Outcome) -> Vec<String> {
-    vec![match outcome {
-        Outcome::Failure(kind) => format!("failure:{kind}"),
-        other => other.as_str().to_owned(),
-    }]
-}
 
 fn trailers(pairs: &[(&'static str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
