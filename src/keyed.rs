@@ -56,16 +56,16 @@
 //!
 //! # Concurrency
 //!
-//! The map of keys is an immutable snapshot behind an
-//! [`ArcSwap`]: a call for a known key loads the snapshot
-//! (arc-swap's debt protocol: a few atomic operations on a slot of the
-//! calling thread, no shared cache line written), hashes and looks the key
-//! up, and marks the key used with one relaxed load (a store only the first
-//! time after a sweep). No lock is taken and no clock is read for it. Inserting a key (and evicting keys) takes a mutex,
-//! copies the map with the change and swaps it in: **an insert costs O(n)
-//! in the number of live keys**, at most `max_keys`. New keys are rare next
-//! to calls, and the copy is of reference-counted pointers; but a burst of
-//! `n` new keys costs O(n²) in total, so keep `max_keys` in the thousands.
+//! The keys live in 64 shards, each an immutable map behind an
+//! [`ArcSwap`]; a key's shard is chosen by an FNV-1a hash of it. A call
+//! for a known key loads its shard's snapshot (arc-swap's debt protocol: a
+//! few atomic operations on a slot of the calling thread, no shared cache
+//! line written), looks the key up, and marks it used with one relaxed load
+//! (a store only the first time after a sweep). No lock is taken and no
+//! clock is read for it. Inserting a key (and evicting keys) takes a mutex,
+//! copies the key's shard with the change and swaps it in: **an insert costs
+//! O(n / 64)** in the number of live keys, so a burst of `n` new keys costs
+//! O(n² / 64) in total: 100,000 keys are created in well under a second.
 //! Calls for keys past the cap go to the overflow breaker without the lock.
 //!
 //! Idle keys are swept while the mutex is free: when a new key is inserted,
@@ -430,7 +430,10 @@ impl<K, C> KeyedBuilder<K, C> {
                 sweep_every: (idle / 2).max(1),
                 next_sweep: AtomicU64::new(now.saturating_add((idle / 2).max(1))),
                 fallback,
-                map: ArcSwap::from_pointee(HashMap::new()),
+                shards: (0..SHARDS)
+                    .map(|_| ArcSwap::from_pointee(HashMap::new()))
+                    .collect(),
+                count: AtomicUsize::new(0),
                 writer: Mutex::new(()),
                 overflow: OnceLock::new(),
                 template,
@@ -461,6 +464,9 @@ impl Entry {
 
 type Map = HashMap<Arc<str>, Arc<Entry>>;
 
+/// Shards of the key map: an insert copies one shard.
+const SHARDS: usize = 64;
+
 /// The keys of one layer, shared by its services.
 struct Keys {
     template: Template,
@@ -471,8 +477,10 @@ struct Keys {
     sweep_every: u64,
     next_sweep: AtomicU64,
     fallback: Box<str>,
-    /// Read without a lock; replaced whole, under `writer`.
-    map: ArcSwap<Map>,
+    /// Read without a lock; each shard replaced whole, under `writer`.
+    shards: Box<[ArcSwap<Map>]>,
+    /// Live keys over all shards; changed under `writer`.
+    count: AtomicUsize,
     /// Serializes inserts and sweeps. Calls for known keys never take it.
     writer: Mutex<()>,
     overflow: OnceLock<Arc<Breaker>>,
@@ -498,13 +506,24 @@ impl Keys {
         } else {
             Cow::Owned(sanitize_label(&key))
         };
-        let map = self.map.load();
+        let map = self.shard(&key).load();
         if let Some(entry) = map.get(&*key) {
             entry.touch();
             return f(&entry.breaker);
         }
         drop(map);
         f(&self.miss(&key))
+    }
+
+    /// The shard of `key` (FNV-1a: cheap, and a skewed spread only makes
+    /// inserts into one shard dearer, never lookups wrong).
+    #[inline]
+    fn shard(&self, key: &str) -> &ArcSwap<Map> {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in key.bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.shards[(hash % SHARDS as u64) as usize]
     }
 
     /// A key not in the snapshot: insert it, or overflow.
@@ -514,31 +533,31 @@ impl Keys {
         if key == OVERFLOW_LABEL {
             return self.overflow();
         }
-        if self.full(&self.map.load()) {
+        if self.full() {
             // Stay off the lock while full: sweep only if one is due and the
             // lock is free.
             self.maybe_sweep(now);
-            if self.full(&self.map.load()) {
+            if self.full() {
                 return self.overflow();
             }
         }
         let guard = self.lock();
-        let mut map = self.map.load_full();
-        if let Some(entry) = map.get(key) {
+        let shard = self.shard(key);
+        if let Some(entry) = shard.load().get(key) {
             entry.touch();
             return entry.breaker.clone();
         }
-        if self.full(&map) && now >= self.next_sweep.load(Ordering::Relaxed) {
+        if self.full() && now >= self.next_sweep.load(Ordering::Relaxed) {
             self.sweep(now, &guard);
-            map = self.map.load_full();
         }
-        if self.full(&map) {
+        if self.full() {
             return self.overflow();
         }
         let label = ServiceLabel::acquire(key);
         if &**label.value() == OVERFLOW_LABEL {
             // The process-wide label cap is exhausted: overflow until a sweep.
-            self.limit.store(map.len(), Ordering::Relaxed);
+            self.limit
+                .store(self.count.load(Ordering::Relaxed), Ordering::Relaxed);
             return self.overflow();
         }
         let breaker = self.template.breaker(label);
@@ -547,10 +566,12 @@ impl Keys {
             touched: AtomicBool::new(false),
             seen: AtomicU64::new(now),
         });
+        let map = shard.load_full();
         let mut next = Map::with_capacity(map.len() + 1);
         next.extend(map.iter().map(|(k, e)| (k.clone(), e.clone())));
         next.insert(breaker.service().clone(), entry);
-        self.map.store(Arc::new(next));
+        shard.store(Arc::new(next));
+        self.count.fetch_add(1, Ordering::Relaxed);
         if now >= self.next_sweep.load(Ordering::Relaxed) {
             self.sweep(now, &guard);
         }
@@ -558,17 +579,22 @@ impl Keys {
     }
 
     fn handle(&self, key: &str) -> Option<CircuitBreakerHandle> {
-        let map = self.map.load();
-        let entry = if is_clean(key) {
-            map.get(key)
+        let key: Cow<'_, str> = if is_clean(key) {
+            Cow::Borrowed(key)
         } else {
-            map.get(&*sanitize_label(key))
+            Cow::Owned(sanitize_label(key))
         };
-        entry.map(|e| CircuitBreakerHandle::new(e.breaker.clone()))
+        let map = self.shard(&key).load();
+        map.get(&*key)
+            .map(|e| CircuitBreakerHandle::new(e.breaker.clone()))
     }
 
-    fn full(&self, map: &Map) -> bool {
-        map.len() >= self.limit.load(Ordering::Relaxed)
+    fn full(&self) -> bool {
+        self.count.load(Ordering::Relaxed) >= self.limit.load(Ordering::Relaxed)
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -600,30 +626,35 @@ impl Keys {
             .store(now.saturating_add(self.sweep_every), Ordering::Relaxed);
         // Labels freed elsewhere may be available again.
         self.limit.store(self.max_keys, Ordering::Relaxed);
-        let map = self.map.load_full();
-        let mut idle = Vec::new();
-        for (key, entry) in map.iter() {
-            if entry.touched.swap(false, Ordering::Relaxed) {
-                entry.seen.store(now, Ordering::Relaxed);
-            } else if now.saturating_sub(entry.seen.load(Ordering::Relaxed)) >= self.idle
-                // Only the map holds it: no call in flight, no handle out.
-                && Arc::strong_count(&entry.breaker) == 1
-            {
-                idle.push(key.clone());
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let map = shard.load_full();
+            let mut idle = Vec::new();
+            for (key, entry) in map.iter() {
+                if entry.touched.swap(false, Ordering::Relaxed) {
+                    entry.seen.store(now, Ordering::Relaxed);
+                } else if now.saturating_sub(entry.seen.load(Ordering::Relaxed)) >= self.idle
+                    // Only the map holds it: no call in flight, no handle out.
+                    && Arc::strong_count(&entry.breaker) == 1
+                {
+                    idle.push(key.clone());
+                }
             }
+            if idle.is_empty() {
+                continue;
+            }
+            let mut next = Map::clone(&map);
+            for key in &idle {
+                next.remove(key);
+            }
+            shard.store(Arc::new(next));
+            self.count.fetch_sub(idle.len(), Ordering::Relaxed);
+            for key in &idle {
+                map[key].breaker.retire();
+            }
+            evicted += idle.len();
         }
-        if idle.is_empty() {
-            return 0;
-        }
-        let mut next = Map::clone(&map);
-        for key in &idle {
-            next.remove(key);
-        }
-        self.map.store(Arc::new(next));
-        for key in &idle {
-            map[key].breaker.retire();
-        }
-        idle.len()
+        evicted
     }
 }
 
@@ -682,10 +713,15 @@ impl<K, C> KeyedCircuitBreakerLayer<K, C> {
     /// Holding them keeps those keys from being evicted.
     pub fn handles(&self) -> Vec<CircuitBreakerHandle> {
         self.keys
-            .map
-            .load()
-            .values()
-            .map(|e| CircuitBreakerHandle::new(e.breaker.clone()))
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .load()
+                    .values()
+                    .map(|e| CircuitBreakerHandle::new(e.breaker.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -700,7 +736,7 @@ impl<K, C> KeyedCircuitBreakerLayer<K, C> {
     /// The number of live keys (never more than `max_keys`; the overflow
     /// breaker is not counted).
     pub fn len(&self) -> usize {
-        self.keys.map.load().len()
+        self.keys.len()
     }
 
     /// Whether no key is live.
@@ -846,7 +882,7 @@ impl<S: fmt::Debug, K: fmt::Debug, C> fmt::Debug for KeyedCircuitBreaker<S, K, C
         f.debug_struct("KeyedCircuitBreaker")
             .field("inner", &self.inner)
             .field("extractor", &self.extractor)
-            .field("keys", &self.keys.map.load().len())
+            .field("keys", &self.keys.len())
             .finish_non_exhaustive()
     }
 }
