@@ -2,7 +2,7 @@
 # Load and soak test: the mesh demo under sustained extra load while its flaky
 # upstream flaps.
 #
-#   bash .ci/soak.sh                  # 60 s of load, phases of 5 s
+#   bash .ci/soak.sh                  # 72 s of load, phases of 6 s (4 cycles)
 #   SOAK_SECONDS=600 bash .ci/soak.sh # a longer soak
 #
 # Builds `mesh_demo` in release, starts it on 127.0.0.1 (short phases: the
@@ -33,7 +33,14 @@
 # non-zero on any failure. Everything stays on 127.0.0.1; everything started
 # here is stopped on exit.
 #
-# Environment: SOAK_SECONDS (default 60), SOAK_PHASE_SECS (5),
+# Phases shorter than 6 s make the count of trips per cycle unreliable: the
+# demo's breakers back off 2 -> 4 -> 8 s while probes fail, and with 5 s
+# phases a probe that fails early in the recovering phase can keep the
+# breaker open into the next failing phase, through a whole cycle.
+#
+# The demo's log is kept in $CARGO_TARGET_DIR/soak-demo.log.
+#
+# Environment: SOAK_SECONDS (default 72), SOAK_PHASE_SECS (6),
 # SOAK_CONNECTIONS (16), SOAK_THREADS (1), SOAK_DELAY_MS (0: wrk's pause
 # between two requests on a connection), SOAK_RATE (the demo's own load, 200
 # req/s), SOAK_RSS_RATIO (1.25), SOAK_MAX_FDS (512), SOAK_PROFILE (release;
@@ -42,8 +49,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
-SECS=${SOAK_SECONDS:-60}
-PHASE=${SOAK_PHASE_SECS:-5}
+SECS=${SOAK_SECONDS:-72}
+PHASE=${SOAK_PHASE_SECS:-6}
 CONNS=${SOAK_CONNECTIONS:-16}
 THREADS=${SOAK_THREADS:-1}
 RATE=${SOAK_RATE:-200}
@@ -60,7 +67,7 @@ die() {
     exit 1
 }
 [ "$SECS" -ge 30 ] 2>/dev/null || die "SOAK_SECONDS must be a whole number >= 30 (got '$SECS')"
-[ "$PHASE" -ge 2 ] 2>/dev/null || die "SOAK_PHASE_SECS must be a whole number >= 2 (got '$PHASE')"
+[ "$PHASE" -ge 6 ] 2>/dev/null || die "SOAK_PHASE_SECS must be a whole number >= 6 (got '$PHASE'): see the header"
 [ "$SECS" -ge $((PHASE * 6)) ] || die "SOAK_SECONDS ($SECS) must cover at least two cycles (6 x SOAK_PHASE_SECS = $((PHASE * 6)))"
 
 # ---------------------------------------------------------------------------
@@ -100,6 +107,7 @@ cleanup() {
     for pid in $wrk_pid $demo_pid; do
         kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done
+    cp "$tmp/demo.log" "$TARGET_DIR/soak-demo.log" 2>/dev/null
     rm -rf "$tmp"
 }
 trap cleanup EXIT
