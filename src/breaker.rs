@@ -63,6 +63,10 @@ impl fmt::Debug for Breaker {
 /// What a service holds between `poll_ready` and `call`.
 #[derive(Debug)]
 pub(crate) enum Pending {
+    /// Admitted without a permit to give back (not a half-open probe): the
+    /// call's record is made in `call`, so nothing heavier is held.
+    Ticket(Ticket),
+    /// Admitted holding a half-open permit, returned if dropped.
     Call(InFlight),
     Refuse(CircuitOpen),
 }
@@ -156,6 +160,7 @@ impl Breaker {
     /// Asks the machine whether a call may go through.
     pub(crate) fn admit(self: &Arc<Self>) -> Pending {
         match self.machine.admit(|| self.clock.now(), &**self) {
+            Admission::Permitted(ticket) if !ticket.is_probe() => Pending::Ticket(ticket),
             Admission::Permitted(ticket) => Pending::Call(InFlight::new(self.clone(), ticket)),
             Admission::Shadow(ticket) => {
                 self.handles().shadow_rejected();
@@ -165,6 +170,16 @@ impl Breaker {
                 self.handles().rejected(state);
                 Pending::Refuse(CircuitOpen::new(self.service().clone(), state, retry_after))
             }
+        }
+    }
+
+    /// Turns an admission into the record of a call, or its refusal.
+    #[inline]
+    pub(crate) fn begin(self: &Arc<Self>, pending: Pending) -> Result<InFlight, CircuitOpen> {
+        match pending {
+            Pending::Ticket(ticket) => Ok(InFlight::new(self.clone(), ticket)),
+            Pending::Call(call) => Ok(call),
+            Pending::Refuse(error) => Err(error),
         }
     }
 

@@ -101,7 +101,7 @@ use tower::BoxError;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::breaker::{Breaker, Pending};
+use crate::breaker::Breaker;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::clock::duration_nanos;
 use crate::error::ConfigError;
@@ -907,12 +907,12 @@ where
         if self.calls % SWEEP_CHECK_EVERY == 0 {
             self.keys.maybe_sweep(self.keys.template.clock.now());
         }
-        let pending = self
-            .keys
-            .with_breaker(self.extractor.key(&req), |breaker| breaker.admit());
+        let pending = self.keys.with_breaker(self.extractor.key(&req), |breaker| {
+            breaker.begin(breaker.admit())
+        });
         match pending {
-            Pending::Refuse(error) => ResponseFuture::rejected(error),
-            Pending::Call(mut call) => {
+            Err(error) => ResponseFuture::rejected(error),
+            Ok(mut call) => {
                 call.start();
                 let future = self.inner.call(req);
                 ResponseFuture::called(future, call, self.classifier.clone())

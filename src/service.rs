@@ -112,7 +112,7 @@ where
         };
         match pending {
             Pending::Refuse(_) => Poll::Ready(Ok(())),
-            Pending::Call(_) => match self.inner.poll_ready(cx) {
+            Pending::Ticket(_) | Pending::Call(_) => match self.inner.poll_ready(cx) {
                 Poll::Ready(Err(e)) => {
                     self.pending = None;
                     Poll::Ready(Err(e.into()))
@@ -126,9 +126,9 @@ where
         // Called without poll_ready: decide now, and leave the inner
         // service's readiness contract to the inner service.
         let pending = self.pending.take().unwrap_or_else(|| self.breaker.admit());
-        match pending {
-            Pending::Refuse(error) => ResponseFuture::rejected(error),
-            Pending::Call(mut call) => {
+        match self.breaker.begin(pending) {
+            Err(error) => ResponseFuture::rejected(error),
+            Ok(mut call) => {
                 call.start();
                 let future = self.inner.call(req);
                 ResponseFuture::called(future, call, self.classifier.clone())
