@@ -3,8 +3,10 @@
 //! shape as `benches/peers.rs` (`ready().await` + `call().await` on a
 //! current-thread runtime, timed over `iters` calls by `iter_custom`).
 //!
-//! Calls walk the keys round robin, so with many keys most lookups miss the
-//! CPU caches, as they would in a mesh proxy.
+//! Two access patterns per size: `hot/<n>` calls one key while `n` keys are
+//! live (the cost of the lookup as the map grows), `round_robin/<n>` walks
+//! all `n` keys in turn, so with many keys every call touches a breaker
+//! that has left the CPU caches (the worst case of a mesh proxy).
 //!
 //! Run: `cargo bench --bench keyed -- --warm-up-time 1 --measurement-time 3`.
 
@@ -36,7 +38,8 @@ fn inner() -> impl Service<
     tower::service_fn(|req: usize| ready(Ok(req)))
 }
 
-/// Times `iters` calls of `svc`, requests `0, 1, .., n-1, 0, ..`.
+/// Times `iters` calls of `svc`, requests `0, 1, .., n-1, 0, ..` (`n = 1`:
+/// always key 0).
 fn run<S>(rt: &tokio::runtime::Runtime, svc: &mut S, n: usize, iters: u64) -> Duration
 where
     S: Service<usize>,
@@ -87,7 +90,10 @@ fn keyed(c: &mut Criterion) {
         // Create every key before timing.
         run(&rt, &mut svc, n, n as u64);
         assert_eq!(layer.len(), n);
-        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+        group.bench_with_input(BenchmarkId::new("hot", n), &n, |b, _| {
+            b.iter_custom(|iters| run(&rt, &mut svc, 1, iters))
+        });
+        group.bench_with_input(BenchmarkId::new("round_robin", n), &n, |b, &n| {
             b.iter_custom(|iters| run(&rt, &mut svc, n, iters))
         });
     }
