@@ -18,43 +18,14 @@ fi
 DEPLOY=deploy
 DASHBOARD="$DEPLOY/grafana/tower-breaker-dashboard.json"
 
-log() { printf '==> %s\n' "$*"; }
+NAME=check-deploy
+. .ci/lib.sh
 
 # ---------------------------------------------------------------------------
 # Tools
 # ---------------------------------------------------------------------------
-install_missing() {
-    local pkgs=()
-    command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
-    command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
-    [ "${#pkgs[@]}" -eq 0 ] && return 0
 
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        echo "check-deploy: missing ${pkgs[*]}; install them (Debian: apt-get install --no-install-recommends ${pkgs[*]})" >&2
-        return 1
-    fi
-
-    log "installing ${pkgs[*]} with apt-get"
-    # The prometheus package's postinst starts a Prometheus daemon on :9090.
-    # Only promtool is wanted here, so deny service starts during the install
-    # (unless the machine already has a policy-rc.d of its own).
-    local policy=/usr/sbin/policy-rc.d own_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
-    fi
-    local rc=0
-    {
-        DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
-    } || rc=$?
-    [ "$own_policy" -eq 1 ] && rm -f "$policy"
-    [ "$rc" -eq 0 ] || return "$rc"
-
-    command -v promtool >/dev/null 2>&1 || { echo "check-deploy: promtool still not found after install" >&2; return 1; }
-    command -v python3 >/dev/null 2>&1 || { echo "check-deploy: python3 still not found after install" >&2; return 1; }
-}
-
-if ! install_missing; then
+if ! install_missing promtool:prometheus python3:python3; then
     echo "check-deploy: 0 passed, 1 failed"
     exit 1
 fi

@@ -24,7 +24,8 @@ PHASE=${E2E_PHASE_SECS:-8}
 DURATION=${E2E_DURATION_SECS:-$((PHASE * 6))}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
-log() { printf '==> %s\n' "$*"; }
+NAME=e2e
+. .ci/lib.sh
 die() {
     echo "e2e: $*" >&2
     echo "e2e: 0 passed, 1 failed"
@@ -34,48 +35,9 @@ die() {
 # ---------------------------------------------------------------------------
 # Tools: curl, python3 (JSON), prometheus. Installed with apt when missing.
 # ---------------------------------------------------------------------------
-install_missing() {
-    local pkgs=()
-    command -v curl >/dev/null 2>&1 || pkgs+=(curl)
-    command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
-    command -v prometheus >/dev/null 2>&1 || pkgs+=(prometheus)
-    [ "${#pkgs[@]}" -eq 0 ] && return 0
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        echo "e2e: missing ${pkgs[*]}; install them (Debian: apt-get install --no-install-recommends ${pkgs[*]})" >&2
-        return 1
-    fi
-    log "installing ${pkgs[*]} with apt-get"
-    # Keep the prometheus package's postinst from starting a daemon on :9090.
-    local policy=/usr/sbin/policy-rc.d own_policy=0 rc=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
-    fi
-    {
-        DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
-    } || rc=$?
-    [ "$own_policy" -eq 1 ] && rm -f "$policy"
-    return "$rc"
-}
-install_missing || die "could not install the tools it needs"
+install_missing curl:curl python3:python3 prometheus:prometheus ||
+    die "could not install the tools it needs"
 
-# A free TCP port on 127.0.0.1: the preferred one if it is free.
-free_port() {
-    python3 - "$1" <<'PY'
-import socket, sys
-preferred = int(sys.argv[1])
-for port in (preferred, 0):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        print(s.getsockname()[1])
-        break
-    except OSError:
-        continue
-    finally:
-        s.close()
-PY
-}
 
 # ---------------------------------------------------------------------------
 # Processes, temp dir, cleanup
@@ -237,32 +199,12 @@ while kill -0 "$demo_pid" 2>/dev/null; do
 done
 
 # The demo stops by itself after --duration-secs.
-exit_code=
-deadline=$((started + DURATION + 30))
-while [ "$SECONDS" -lt "$deadline" ]; do
-    if ! kill -0 "$demo_pid" 2>/dev/null; then
-        wait "$demo_pid"
-        exit_code=$?
-        demo_pid=
-        break
-    fi
-    sleep 1
-done
+wait_exit "$demo_pid" $((started + DURATION + 30 - SECONDS)) 1
+[ -n "$exit_code" ] && demo_pid=
 
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-passed=0
-failed=0
-report() { # name, ok (0/1), detail
-    if [ "$2" -eq 1 ]; then
-        passed=$((passed + 1))
-        printf 'PASS  %s%s\n' "$1" "${3:+ ($3)}"
-    else
-        failed=$((failed + 1))
-        printf 'FAIL  %s%s\n' "$1" "${3:+ ($3)}"
-    fi
-}
 for i in "${!names[@]}"; do
     if [ -n "${passed_at[i]}" ]; then
         report "${names[i]}" 1 "after ${passed_at[i]}s"

@@ -60,7 +60,8 @@ PROFILE=${SOAK_PROFILE:-release}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 export SOAK_DELAY_MS=${SOAK_DELAY_MS:-0}
 
-log() { printf '==> %s\n' "$*"; }
+NAME=soak
+. .ci/lib.sh
 die() {
     echo "soak: $*" >&2
     echo "soak: 0 passed, 1 failed"
@@ -73,29 +74,9 @@ die() {
 # ---------------------------------------------------------------------------
 # Tools: wrk, curl, python3. Installed with apt when missing.
 # ---------------------------------------------------------------------------
-install_missing() {
-    local pkgs=()
-    command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
-    command -v curl >/dev/null 2>&1 || pkgs+=(curl)
-    command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
-    [ "${#pkgs[@]}" -eq 0 ] && return 0
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        echo "soak: missing ${pkgs[*]}; install them (Debian: apt-get install --no-install-recommends ${pkgs[*]})" >&2
-        return 1
-    fi
-    log "installing ${pkgs[*]} with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
-}
-install_missing || die "could not install the tools it needs"
+install_missing wrk:wrk curl:curl python3:python3 ||
+    die "could not install the tools it needs"
 
-free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-}
 
 # ---------------------------------------------------------------------------
 # Processes, temp dir, cleanup
@@ -197,31 +178,12 @@ elapsed=$(python3 -c "import time; print(f'{time.time() - $demo_started:.1f}')")
 
 log "stopping mesh_demo with SIGINT"
 kill -INT "$demo_pid" 2>/dev/null
-exit_code=
-for _ in $(seq 1 150); do
-    if ! kill -0 "$demo_pid" 2>/dev/null; then
-        wait "$demo_pid"
-        exit_code=$?
-        demo_pid=
-        break
-    fi
-    sleep 0.1
-done
+wait_exit "$demo_pid" 150 0.1
+[ -n "$exit_code" ] && demo_pid=
 
 # ---------------------------------------------------------------------------
 # Checks and figures
 # ---------------------------------------------------------------------------
-passed=0
-failed=0
-report() { # name, ok (0/1), detail
-    if [ "$2" -eq 1 ]; then
-        passed=$((passed + 1))
-        printf 'PASS  %s%s\n' "$1" "${3:+ ($3)}"
-    else
-        failed=$((failed + 1))
-        printf 'FAIL  %s%s\n' "$1" "${3:+ ($3)}"
-    fi
-}
 
 echo
 echo "--- figures"
