@@ -38,7 +38,6 @@ die() {
 install_missing curl:curl python3:python3 prometheus:prometheus ||
     die "could not install the tools it needs"
 
-
 # ---------------------------------------------------------------------------
 # Processes, temp dir, cleanup
 # ---------------------------------------------------------------------------

@@ -77,7 +77,6 @@ die() {
 install_missing wrk:wrk curl:curl python3:python3 ||
     die "could not install the tools it needs"
 
-
 # ---------------------------------------------------------------------------
 # Processes, temp dir, cleanup
 # ---------------------------------------------------------------------------
