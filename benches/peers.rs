@@ -17,6 +17,12 @@
 //!   one service), each on its own current-thread runtime doing `iters`
 //!   calls; reported time is wall time / total calls (aggregate ns per call).
 //!
+//! `arc_floor` is not a breaker: it is the least a breaker whose future
+//! records the outcome must do (an `Arc` clone into the future, one atomic
+//! add when it completes), measured on the same loop as a floor;
+//! `arc_floor_metrics` adds two TSC reads, a counter and a histogram on the
+//! Prometheus recorder: the floor of full metrics.
+//!
 //! Peers without a tower `Service` (failsafe, recloser) are wrapped in
 //! [`Guarded`], the adapter a user would write: `poll_ready` is the inner
 //! service's, `call` wraps the inner future in the peer's own
@@ -24,8 +30,9 @@
 //! `recloser::AsyncRecloser::call`).
 //!
 //! The crate under test runs as `tower_breaker` (no recorder installed: the
-//! facade's no-op recorder), `tower_breaker_metrics` (a Prometheus recorder)
-//! and `tower_breaker_metrics_only` (shadow mode, Prometheus recorder).
+//! facade's no-op recorder), `tower_breaker_metrics` (a Prometheus recorder),
+//! `tower_breaker_metrics_coarse` (the same, timed by `Clock::coarse`) and
+//! `tower_breaker_metrics_only` (shadow mode, Prometheus recorder).
 //! tower-resilience is built with its `metrics` feature (a cargo feature,
 //! so on or off for the whole build): `tower_resilience` runs it with no
 //! recorder, `tower_resilience_metrics` with the Prometheus recorder.
@@ -434,6 +441,100 @@ async fn bare(path: Path) -> impl Service<Req, Response = Resp, Error = Fail> + 
     inner(path.inner_fails())
 }
 
+/// The floor of any breaker whose future records the outcome: a middleware
+/// that clones an `Arc` of shared state into each call's future, and adds
+/// one to an atomic counter there when the call completes (the window
+/// update), mapping errors to `BoxError` as tower middleware does. No state
+/// machine. Success path only.
+///
+/// `metered` adds what full metrics cannot do without: two TSC reads for the
+/// duration, a requests counter and a duration histogram, their handles
+/// registered once with the current recorder.
+async fn arc_floor(
+    metered: bool,
+) -> impl Service<Req, Response = Resp, Error = tower::BoxError> + Clone + Send {
+    let meter = metered.then(|| Meter {
+        clock: quanta::Clock::new(),
+        requests: metrics::counter!("floor_requests_total", "status" => "success"),
+        duration: metrics::histogram!("floor_request_duration_seconds", "status" => "success"),
+    });
+    ArcFloor {
+        inner: inner(false),
+        shared: std::sync::Arc::new(Shared {
+            calls: std::sync::atomic::AtomicU64::new(0),
+            meter,
+        }),
+    }
+}
+
+struct Shared {
+    calls: std::sync::atomic::AtomicU64,
+    meter: Option<Meter>,
+}
+
+struct Meter {
+    clock: quanta::Clock,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+#[derive(Clone)]
+struct ArcFloor<S> {
+    inner: S,
+    shared: std::sync::Arc<Shared>,
+}
+
+pin_project_lite::pin_project! {
+    struct ArcFloorFuture<F> {
+        #[pin]
+        future: F,
+        shared: Option<std::sync::Arc<Shared>>,
+        start: u64,
+    }
+}
+
+impl<F: Future<Output = Result<Resp, Fail>>> Future for ArcFloorFuture<F> {
+    type Output = Result<Resp, tower::BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        if let Some(shared) = this.shared.take() {
+            shared
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(m) = &shared.meter {
+                let elapsed = m.clock.delta_as_nanos(*this.start, m.clock.raw());
+                m.requests.increment(1);
+                m.duration.record(elapsed as f64 * 1e-9);
+            }
+        }
+        Poll::Ready(result.map_err(Into::into))
+    }
+}
+
+impl<S: Service<Req, Response = Resp, Error = Fail>> Service<Req> for ArcFloor<S> {
+    type Response = Resp;
+    type Error = tower::BoxError;
+    type Future = ArcFloorFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let start = match &self.shared.meter {
+            Some(m) => m.clock.raw(),
+            None => 0,
+        };
+        ArcFloorFuture {
+            future: self.inner.call(req),
+            shared: Some(self.shared.clone()),
+            start,
+        }
+    }
+}
+
 /// tower-resilience 0.13. Success: defaults (count window of 100, 50 %).
 /// Failure: `minimum_number_of_calls(usize::MAX)` so the window is never
 /// evaluated. Open: `consecutive_failures(1)`, open for an hour.
@@ -563,6 +664,8 @@ enum Mode {
     Default,
     /// Shadow mode: the machine runs, nothing is refused.
     MetricsOnly,
+    /// Defaults, but timed by [`tower_breaker::Clock::coarse`] (500 µs).
+    CoarseClock,
 }
 
 /// tower-breaker. Success: defaults (failure rate 50% over 100 calls, full
@@ -572,8 +675,12 @@ async fn tower_breaker(
     path: Path,
     mode: Mode,
 ) -> impl Service<Req, Response = Resp, Error = tower::BoxError> + Clone + Send {
-    use tower_breaker::{Backoff, CircuitBreakerLayer};
+    use tower_breaker::{Backoff, CircuitBreakerLayer, Clock};
     let builder = CircuitBreakerLayer::builder().name("bench");
+    let builder = match mode {
+        Mode::CoarseClock => builder.clock(Clock::coarse(Duration::from_micros(500))),
+        Mode::Default | Mode::MetricsOnly => builder,
+    };
     let builder = match path {
         Path::Success => builder,
         Path::Failure => builder.consecutive_failures(u32::MAX),
@@ -601,6 +708,10 @@ fn peers(c: &mut Criterion) {
         if path != Path::Open {
             plain.bench_tower_service(&mut g, "bare", path, || bare(path));
         }
+        if path == Path::Success {
+            plain.bench_tower_service(&mut g, "arc_floor", path, || arc_floor(false));
+            prometheus.bench_tower_service(&mut g, "arc_floor_metrics", path, || arc_floor(true));
+        }
         plain.bench_tower_service(&mut g, "tower_resilience", path, || tower_resilience(path));
         prometheus.bench_tower_service(&mut g, "tower_resilience_metrics", path, || {
             tower_resilience(path)
@@ -614,6 +725,9 @@ fn peers(c: &mut Criterion) {
         prometheus.bench_tower_service(&mut g, "tower_breaker_metrics", path, || {
             tower_breaker(path, Mode::Default)
         });
+        prometheus.bench_tower_service(&mut g, "tower_breaker_metrics_coarse", path, || {
+            tower_breaker(path, Mode::CoarseClock)
+        });
         if path != Path::Open {
             // Shadow mode never refuses: there is no open path to measure.
             prometheus.bench_tower_service(&mut g, "tower_breaker_metrics_only", path, || {
@@ -625,6 +739,8 @@ fn peers(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("two_threads");
     plain.bench_tower_service_two_threads(&mut g, "bare", || bare(Path::Success));
+    plain.bench_tower_service_two_threads(&mut g, "arc_floor", || arc_floor(false));
+    prometheus.bench_tower_service_two_threads(&mut g, "arc_floor_metrics", || arc_floor(true));
     plain.bench_tower_service_two_threads(&mut g, "tower_resilience", || {
         tower_resilience(Path::Success)
     });
@@ -639,6 +755,9 @@ fn peers(c: &mut Criterion) {
     });
     prometheus.bench_tower_service_two_threads(&mut g, "tower_breaker_metrics", || {
         tower_breaker(Path::Success, Mode::Default)
+    });
+    prometheus.bench_tower_service_two_threads(&mut g, "tower_breaker_metrics_coarse", || {
+        tower_breaker(Path::Success, Mode::CoarseClock)
     });
     g.finish();
 }

@@ -27,8 +27,9 @@ pub(crate) struct Breaker {
     pub(crate) machine: Machine,
     pub(crate) metrics: BreakerMetrics,
     pub(crate) clock: Clock,
-    /// Whether calls must be timed: for the duration histogram, the
-    /// slow-call policy or a time window.
+    /// Whether the policy times calls: the slow-call policy or a time
+    /// window. The duration histogram times them too, when a recorder is
+    /// installed (see [`InFlight::start`]).
     timed: bool,
     /// Whether the window is a time window, whose rates drift as buckets
     /// expire and successes come in without `record` reporting a change.
@@ -60,17 +61,15 @@ impl fmt::Debug for Breaker {
     }
 }
 
-/// What a service holds between `poll_ready` and `call`.
+/// What a service holds between `poll_ready` and `call`, other than the
+/// ticket of a plain admission (the hot path holds only that one word).
 #[derive(Debug)]
-pub(crate) enum Pending {
-    /// Admitted without a permit to give back (not a half-open probe): the
-    /// call's record is made in `call`, so nothing heavier is held.
-    Ticket(Ticket),
-    /// Admitted holding a half-open permit, returned if dropped.
+pub(crate) enum Held {
+    /// Admitted holding a half-open permit, or in shadow mode: returned if
+    /// dropped.
     Call(InFlight),
     Refuse(CircuitOpen),
 }
-
 impl Breaker {
     pub(crate) fn new(
         machine: Machine,
@@ -157,45 +156,101 @@ impl Breaker {
         }
     }
 
-    /// Asks the machine whether a call may go through.
-    pub(crate) fn admit(self: &Arc<Self>) -> Pending {
+    /// Asks the machine whether a call may go through: `Ok` with a ticket
+    /// for a plain admission, else what the service must hold.
+    #[inline]
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Ticket, Held> {
         match self.machine.admit(|| self.clock.now(), &**self) {
-            Admission::Permitted(ticket) if !ticket.is_probe() => Pending::Ticket(ticket),
-            Admission::Permitted(ticket) => Pending::Call(InFlight::new(self.clone(), ticket)),
+            Admission::Permitted(ticket) if !ticket.is_probe() => Ok(ticket),
+            admission => Err(self.admit_held(admission)),
+        }
+    }
+
+    #[cold]
+    fn admit_held(self: &Arc<Self>, admission: Admission) -> Held {
+        match admission {
+            Admission::Permitted(ticket) => Held::Call(InFlight::new(self.clone(), ticket)),
             Admission::Shadow(ticket) => {
                 self.handles().shadow_rejected();
-                Pending::Call(InFlight::new(self.clone(), ticket))
+                Held::Call(InFlight::new(self.clone(), ticket))
             }
             Admission::Rejected { state, retry_after } => {
                 self.handles().rejected(state);
-                Pending::Refuse(CircuitOpen::new(self.service().clone(), state, retry_after))
+                Held::Refuse(CircuitOpen::new(self.service().clone(), state, retry_after))
             }
         }
     }
 
-    /// Turns an admission into the record of a call, or its refusal.
-    #[inline]
-    pub(crate) fn begin(self: &Arc<Self>, pending: Pending) -> Result<InFlight, CircuitOpen> {
-        match pending {
-            Pending::Ticket(ticket) => Ok(InFlight::new(self.clone(), ticket)),
-            Pending::Call(call) => Ok(call),
-            Pending::Refuse(error) => Err(error),
+    /// Starts the call an admission let through, or hands back its refusal.
+    #[inline(always)]
+    pub(crate) fn begin(
+        self: &Arc<Self>,
+        admitted: Result<Ticket, Held>,
+    ) -> Result<InFlight, CircuitOpen> {
+        let ticket = match admitted {
+            Ok(ticket) => ticket,
+            Err(Held::Call(call)) => return Ok(self.start(call.take_ticket())),
+            Err(Held::Refuse(error)) => return Err(error),
+        };
+        Ok(self.start(ticket))
+    }
+
+    /// The record of a call starting now. The call is timed when the policy
+    /// needs durations, or when the current recorder is a real one and the
+    /// level keeps the duration histogram: with no recorder installed, the
+    /// success path reads no clock.
+    #[inline(always)]
+    fn start(self: &Arc<Self>, ticket: Ticket) -> InFlight {
+        let (slot, times_calls) = self.metrics.current_slot(|h| self.sync_gauges(h));
+        let timed = self.timed || times_calls;
+        let start = if timed { self.clock.now() } else { 0 };
+        InFlight {
+            breaker: self.clone(),
+            ticket,
+            stamp: Stamp::started(start, slot, timed),
         }
     }
 
+    /// Records a call's outcome. The hot path (an untimed success that
+    /// changes nothing) stays inline; the rest is out of line.
     #[inline]
-    fn timed_now(&self) -> u64 {
-        if self.timed {
-            self.clock.now()
-        } else {
-            0
+    fn finish(&self, call: &InFlight, outcome: Outcome) {
+        if matches!(outcome, Outcome::Success) && !call.stamp.timed() {
+            if let Some(changed) = self.machine.record_plain_success(call.ticket) {
+                match self.metrics.cached(call.stamp.slot()) {
+                    Some(handles) if !changed => handles.finished(outcome, None),
+                    _ => self.recorded_untimed_success(call.stamp.slot(), changed),
+                }
+                return;
+            }
+        }
+        self.finish_slow(call, outcome);
+    }
+
+    /// The rest of an untimed success the machine has recorded: its handles
+    /// were not cached, or the window's totals changed.
+    #[cold]
+    fn recorded_untimed_success(&self, slot: u8, changed: bool) {
+        let handles = match self.metrics.cached(slot) {
+            Some(handles) => HandlesRef::Cached(handles),
+            None => self.handles(),
+        };
+        handles.finished(Outcome::Success, None);
+        if changed {
+            self.window_changed(&handles, self.clock.now());
         }
     }
 
-    fn finish(&self, ticket: Ticket, outcome: Outcome, start: u64) {
-        let end = self.timed_now();
-        let elapsed = end.saturating_sub(start);
-        let handles = self.handles();
+    #[inline(never)]
+    fn finish_slow(&self, call: &InFlight, outcome: Outcome) {
+        let (ticket, stamp) = (call.ticket, call.stamp);
+        let timed = stamp.timed();
+        let end = if timed { self.clock.now() } else { 0 };
+        let elapsed = if timed { stamp.elapsed(end) } else { 0 };
+        let handles = match self.metrics.cached(stamp.slot()) {
+            Some(handles) => HandlesRef::Cached(handles),
+            None => self.handles(),
+        };
         // A slow probe fails the half-open test (the machine reopens with
         // probe_failed): report it as the failure it is.
         let reported = match outcome {
@@ -204,11 +259,11 @@ impl Breaker {
             }
             other => other,
         };
-        handles.finished(reported, elapsed as f64 * 1e-9);
+        handles.finished(reported, timed.then_some(elapsed as f64 * 1e-9));
         // A transition needs the time even when calls are not timed: a
         // failure may trip, a probe may close or reopen. The hot path
-        // (closed + success) of an untimed breaker still reads no clock.
-        let now = if self.timed || !(ticket.is_probe() || matches!(outcome, Outcome::Failure(_))) {
+        // (closed + success) of an untimed call still reads no clock.
+        let now = if timed || !(ticket.is_probe() || matches!(outcome, Outcome::Failure(_))) {
             end
         } else {
             self.clock.now()
@@ -216,21 +271,28 @@ impl Breaker {
         let changed = self.machine.record(ticket, outcome, elapsed, now, self);
         if changed {
             // Not the hot path: the window's totals or the streak changed.
-            let warning = match &self.predictor {
-                Some(p) if matches!(self.machine.state(), State::Closed | State::MetricsOnly) => {
-                    // An untimed breaker did not read the clock; the trend needs it.
-                    let now = if self.timed { end } else { self.clock.now() };
-                    let counts = self.machine.window().counts(now);
-                    p.observe(self.service(), &counts, now)
-                }
-                _ => None,
-            };
-            self.update_rates(&handles, end);
-            if let (Some(p), Some(warning)) = (&self.predictor, warning) {
-                p.fire(&warning);
-            }
+            // The trend and the gauges need the time, read if the call was not
+            // timed.
+            let now = if timed { end } else { self.clock.now() };
+            self.window_changed(&handles, now);
         } else if self.time_window && self.rates_due(end) {
             self.update_rates(&handles, end);
+        }
+    }
+
+    /// After a call changed the window's totals or the streak: the trend
+    /// and the rate gauges.
+    fn window_changed(&self, handles: &Handles, now: u64) {
+        let warning = match &self.predictor {
+            Some(p) if matches!(self.machine.state(), State::Closed | State::MetricsOnly) => {
+                let counts = self.machine.window().counts(now);
+                p.observe(self.service(), &counts, now)
+            }
+            _ => None,
+        };
+        self.update_rates(handles, now);
+        if let (Some(p), Some(warning)) = (&self.predictor, warning) {
+            p.fire(&warning);
         }
     }
 
@@ -241,7 +303,7 @@ impl Breaker {
 
     /// Sets the rate and trip-risk gauges from the window.
     fn update_rates(&self, h: &Handles, now: u64) {
-        if self.metrics.level() < MetricsLevel::Standard {
+        if self.metrics.level() < MetricsLevel::Standard || h.is_noop() {
             return;
         }
         self.rates_at.store(now, Ordering::Relaxed);
@@ -374,9 +436,62 @@ fn log_transition(service: &str, change: &StateChange) {
 pub struct InFlight {
     breaker: Arc<Breaker>,
     ticket: Ticket,
-    start: u64,
-    started: bool,
-    finished: bool,
+    stamp: Stamp,
+}
+
+/// When a call started and how it is recorded, in one word: futures carry
+/// the record, and a small one moves cheaply.
+///
+/// Bits 0..56 hold the start (clock nanoseconds modulo 2^56, about 833
+/// days; durations are taken modulo the same, so they are exact for any
+/// call shorter than that), bits 56..59 the metric handles' slot, then the
+/// timed, started and finished flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    const START_MASK: u64 = (1 << 56) - 1;
+    const SLOT_SHIFT: u32 = 56;
+    const SLOT_MASK: u64 = 0b111;
+    const TIMED: u64 = 1 << 59;
+    const STARTED: u64 = 1 << 60;
+    const FINISHED: u64 = 1 << 61;
+
+    /// Admitted, the inner service not yet called.
+    const ADMITTED: Stamp = Stamp((Self::SLOT_MASK) << Self::SLOT_SHIFT);
+
+    #[inline(always)]
+    fn started(start: u64, slot: u8, timed: bool) -> Self {
+        // Slots past the mask (UNCACHED) read back as the mask: no slot.
+        let slot = u64::from(slot).min(Self::SLOT_MASK);
+        let timed = if timed { Self::TIMED } else { 0 };
+        Stamp(start & Self::START_MASK | slot << Self::SLOT_SHIFT | timed | Self::STARTED)
+    }
+
+    #[inline]
+    fn elapsed(self, end: u64) -> u64 {
+        end.wrapping_sub(self.0) & Self::START_MASK
+    }
+
+    #[inline]
+    fn slot(self) -> u8 {
+        ((self.0 >> Self::SLOT_SHIFT) & Self::SLOT_MASK) as u8
+    }
+
+    #[inline]
+    fn timed(self) -> bool {
+        self.0 & Self::TIMED != 0
+    }
+
+    #[inline]
+    fn is_started(self) -> bool {
+        self.0 & Self::STARTED != 0
+    }
+
+    #[inline]
+    fn is_finished(self) -> bool {
+        self.0 & Self::FINISHED != 0
+    }
 }
 
 impl InFlight {
@@ -384,24 +499,22 @@ impl InFlight {
         InFlight {
             breaker,
             ticket,
-            start: 0,
-            started: false,
-            finished: false,
+            stamp: Stamp::ADMITTED,
         }
     }
 
-    /// Marks the moment the inner service is called.
-    #[inline]
-    pub(crate) fn start(&mut self) {
-        self.start = self.breaker.timed_now();
-        self.started = true;
+    /// The ticket of a call admitted but not started, which no longer gives
+    /// it back when dropped: the started record takes over.
+    fn take_ticket(mut self) -> Ticket {
+        self.stamp = Stamp(self.stamp.0 | Stamp::FINISHED);
+        self.ticket
     }
 
     /// Records the call's outcome.
     #[inline]
     pub fn finish(mut self, outcome: Outcome) {
-        self.finished = true;
-        self.breaker.finish(self.ticket, outcome, self.start);
+        self.breaker.finish(&self, outcome);
+        self.stamp = Stamp(self.stamp.0 | Stamp::FINISHED);
     }
 
     /// Passes on the upstream's hint of when to try again (`Retry-After`,
@@ -419,13 +532,13 @@ impl InFlight {
 }
 
 impl Drop for InFlight {
+    #[inline]
     fn drop(&mut self) {
-        if self.finished {
+        if self.stamp.is_finished() {
             return;
         }
-        if self.started {
-            self.breaker
-                .finish(self.ticket, Outcome::Ignored, self.start);
+        if self.stamp.is_started() {
+            self.breaker.finish(self, Outcome::Ignored);
         } else {
             self.breaker.machine.release(self.ticket);
         }
@@ -436,7 +549,7 @@ impl fmt::Debug for InFlight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InFlight")
             .field("service", &self.service())
-            .field("started", &self.started)
+            .field("started", &self.stamp.is_started())
             .finish_non_exhaustive()
     }
 }

@@ -21,10 +21,8 @@ use crate::State;
 /// ```
 #[derive(Clone)]
 pub struct CircuitOpen {
-    inner: Arc<Rejection>,
-}
-
-struct Rejection {
+    // Inline, not shared: a refusal is boxed once, as the `BoxError` it
+    // travels as, and that is its only allocation.
     service: Arc<str>,
     state: State,
     retry_after: Option<Duration>,
@@ -33,28 +31,26 @@ struct Rejection {
 impl CircuitOpen {
     pub(crate) fn new(service: Arc<str>, state: State, retry_after: Option<Duration>) -> Self {
         CircuitOpen {
-            inner: Arc::new(Rejection {
-                service,
-                state,
-                retry_after,
-            }),
+            service,
+            state,
+            retry_after,
         }
     }
 
     /// The name of the breaker that refused the call.
     pub fn service(&self) -> &str {
-        &self.inner.service
+        &self.service
     }
 
     /// The state the breaker was in: Open, HalfOpen (no probe permit left)
     /// or ForcedOpen.
     pub fn state(&self) -> State {
-        self.inner.state
+        self.state
     }
 
     /// How long until the breaker lets probes through, when known.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.inner.retry_after
+        self.retry_after
     }
 }
 

@@ -31,7 +31,8 @@ pin_project! {
             classifier: C,
         },
         Rejected {
-            error: Option<CircuitOpen>,
+            // Boxed when the call is refused: the error it is returned as.
+            error: Option<BoxError>,
         },
     }
 }
@@ -49,7 +50,9 @@ impl<F, C> ResponseFuture<F, C> {
 
     pub(crate) fn rejected(error: CircuitOpen) -> Self {
         ResponseFuture {
-            kind: Kind::Rejected { error: Some(error) },
+            kind: Kind::Rejected {
+                error: Some(Box::new(error)),
+            },
         }
     }
 }
@@ -80,11 +83,9 @@ where
                     }
                 })
             }
-            KindProj::Rejected { error } => Poll::Ready(Err(Box::new(
-                error
-                    .take()
-                    .expect("ResponseFuture polled after completion"),
-            ))),
+            KindProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after completion"))),
         }
     }
 }

@@ -507,7 +507,7 @@ impl<C> Builder<C> {
     /// any number of breakers (one per key for keyed breakers).
     pub(crate) fn into_template(self) -> Result<(Template, C), ConfigError> {
         let (policy, half_open) = self.validate()?;
-        let timed = self.level == MetricsLevel::Full || policy.slow_call_duration.is_some();
+        let timed = policy.slow_call_duration.is_some();
         let template = Template {
             name: self.name,
             machine: MachineConfig {

@@ -350,10 +350,26 @@ const REJECTING: [State; 4] = [
 ];
 const FAILURE_SLOTS: usize = 32;
 
+/// Whether `recorder` is the facade's no-op recorder, the one in use when
+/// none is installed. Told by its vtable, which optimized builds share
+/// between crates; where they do not, the answer is a safe "no": the calls
+/// are then timed for nothing, but no metric is ever lost. A recorder of the
+/// user's own, even a zero-sized one, is never taken for it.
+pub(crate) fn is_noop(recorder: &dyn Recorder) -> bool {
+    let noop = &metrics::NoopRecorder as &dyn Recorder as *const dyn Recorder;
+    let recorder = recorder as *const dyn Recorder;
+    // Moved to the same address, so the comparison is of the vtables alone.
+    let delta = (recorder as *const u8 as isize).wrapping_sub(noop as *const u8 as isize);
+    std::ptr::eq(noop.wrapping_byte_offset(delta), recorder)
+}
+
 /// Handles resolved against one recorder.
 pub(crate) struct Handles {
     recorder: usize,
     level: MetricsLevel,
+    /// Resolved against the no-op recorder: nothing is recorded, so calls
+    /// need not be timed for the duration histogram.
+    noop: bool,
     service: SharedString,
     failures_name: SharedString,
     requests: [Counter; 3],
@@ -412,6 +428,7 @@ impl Handles {
             Handles {
                 recorder,
                 level,
+                noop: is_noop(r),
                 service: service.clone(),
                 failures_name: names.failures.clone(),
                 requests: OUTCOMES.map(|s| counter(&names.requests, &[("status", s)], Minimal)),
@@ -429,9 +446,27 @@ impl Handles {
         })
     }
 
-    /// Counts a finished call and its time inside the inner service.
+    /// Whether these handles go to the no-op recorder: nothing they record
+    /// is kept.
     #[inline]
-    pub(crate) fn finished(&self, outcome: Outcome, seconds: f64) {
+    pub(crate) fn is_noop(&self) -> bool {
+        self.noop
+    }
+
+    /// Whether calls must be timed for these handles: a real recorder and
+    /// the duration histogram.
+    #[inline]
+    pub(crate) fn times_calls(&self) -> bool {
+        !self.noop && self.level == MetricsLevel::Full
+    }
+
+    /// Counts a finished call and its time inside the inner service, when
+    /// it was timed.
+    #[inline]
+    pub(crate) fn finished(&self, outcome: Outcome, seconds: Option<f64>) {
+        if self.noop {
+            return;
+        }
         let i = match outcome {
             Outcome::Success => 0,
             Outcome::Failure(kind) => {
@@ -441,7 +476,7 @@ impl Handles {
             Outcome::Ignored => 2,
         };
         self.requests[i].increment(1);
-        if self.level == MetricsLevel::Full {
+        if let (MetricsLevel::Full, Some(seconds)) = (self.level, seconds) {
             self.duration[i].record(seconds);
         }
     }
@@ -528,8 +563,13 @@ pub(crate) struct BreakerMetrics {
 pub(crate) const HANDLES_BYTES: usize =
     std::mem::size_of::<Handles>() + 2 * std::mem::size_of::<usize>();
 
-/// How many recorders' handles a breaker keeps.
+/// The slot of handles resolved for one use only.
+pub(crate) const UNCACHED: u8 = u8::MAX;
+
+/// How many recorders' handles a breaker keeps. A call's record keeps the
+/// slot in three bits, and 7 means none.
 const RECORDER_SLOTS: usize = 4;
+const _: () = assert!(RECORDER_SLOTS < 7);
 
 /// A transition's labels: from, to, reason.
 pub(crate) type Transition = (State, State, Reason);
@@ -617,17 +657,57 @@ impl BreakerMetrics {
     /// recorder first seen, to set gauges that must exist from the start.
     #[inline]
     pub(crate) fn handles(&self, fresh: impl Fn(&Handles)) -> HandlesRef<'_> {
+        self.current(fresh).1
+    }
+
+    /// The handles for the current recorder and their slot, which
+    /// [`cached`](Self::cached) finds again without asking the facade
+    /// ([`UNCACHED`] past the last slot).
+    #[inline]
+    pub(crate) fn current(&self, fresh: impl Fn(&Handles)) -> (u8, HandlesRef<'_>) {
         let recorder = current_recorder();
-        for slot in &self.slots {
+        for (i, slot) in self.slots.iter().enumerate() {
             let handles = match slot.get() {
                 Some(handles) => handles,
                 None => slot.get_or_init(|| Box::new(self.resolve(recorder, &fresh))),
             };
             if handles.recorder == recorder {
-                return HandlesRef::Cached(handles);
+                return (i as u8, HandlesRef::Cached(handles));
             }
         }
-        HandlesRef::Uncached(Box::new(self.resolve(recorder, &fresh)))
+        let handles = HandlesRef::Uncached(Box::new(self.resolve(recorder, &fresh)));
+        (UNCACHED, handles)
+    }
+
+    /// The slot of the current recorder's handles, as
+    /// [`current`](Self::current) finds it, and whether they time calls.
+    /// Handles already resolved are found inline.
+    #[inline]
+    pub(crate) fn current_slot(&self, fresh: impl Fn(&Handles)) -> (u8, bool) {
+        let recorder = current_recorder();
+        for (i, slot) in self.slots.iter().enumerate() {
+            match slot.get() {
+                Some(handles) if handles.recorder == recorder => {
+                    return (i as u8, handles.times_calls())
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        self.current_slot_slow(fresh)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn current_slot_slow(&self, fresh: impl Fn(&Handles)) -> (u8, bool) {
+        let (slot, handles) = self.current(fresh);
+        (slot, handles.times_calls())
+    }
+
+    /// The handles in a slot [`current`](Self::current) returned.
+    #[inline]
+    pub(crate) fn cached(&self, slot: u8) -> Option<&Handles> {
+        self.slots.get(usize::from(slot))?.get().map(|h| &**h)
     }
 
     /// Runs `f` on the handles of every recorder seen so far.
@@ -665,6 +745,42 @@ mod tests {
         assert_eq!(sanitize_label("svc\"} 1\n# HELP"), "svc___1___HELP");
         assert_eq!(sanitize_label(&"x".repeat(500)).len(), 64);
         assert_eq!(sanitize_label("é"), "_");
+    }
+
+    #[test]
+    fn only_the_noop_recorder_is_taken_for_it() {
+        struct ZeroSized;
+        impl Recorder for ZeroSized {
+            fn describe_counter(&self, _: metrics::KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_gauge(&self, _: metrics::KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_histogram(&self, _: metrics::KeyName, _: Option<Unit>, _: SharedString) {}
+            fn register_counter(&self, _: &Key, _: &metrics::Metadata<'_>) -> Counter {
+                Counter::noop()
+            }
+            fn register_gauge(&self, _: &Key, _: &metrics::Metadata<'_>) -> Gauge {
+                Gauge::noop()
+            }
+            fn register_histogram(&self, _: &Key, _: &metrics::Metadata<'_>) -> Histogram {
+                Histogram::noop()
+            }
+        }
+        assert!(!metrics::with_local_recorder(&ZeroSized, || {
+            metrics::with_recorder(is_noop)
+        }));
+        let debugging = metrics_util::debugging::DebuggingRecorder::new();
+        assert!(!metrics::with_local_recorder(&debugging, || {
+            metrics::with_recorder(is_noop)
+        }));
+    }
+
+    /// The facade's own no-op recorder, with none installed, is recognised,
+    /// so calls go untimed. Vtables are shared between codegen units only in
+    /// optimized builds: `.ci/reliability` runs this one in its profile.
+    #[test]
+    #[cfg_attr(debug_assertions, ignore = "needs an optimized build")]
+    fn no_recorder_is_the_noop_recorder() {
+        assert!(metrics::with_recorder(is_noop));
+        assert!(is_noop(&metrics::NoopRecorder));
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::task::{Context, Poll};
 use tower::BoxError;
 use tower_service::Service;
 
-use crate::breaker::{Breaker, Pending};
+use crate::breaker::{Breaker, Held};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::future::ResponseFuture;
+use crate::state::Ticket;
 use crate::CircuitBreakerHandle;
 
 /// A service behind a circuit breaker. Made by [`CircuitBreakerLayer`].
@@ -39,7 +40,10 @@ pub struct CircuitBreaker<S, C = DefaultClassifier> {
     inner: S,
     breaker: Arc<Breaker>,
     classifier: C,
-    pending: Option<Pending>,
+    /// A plain admission, taken in `poll_ready` for `call`: one word.
+    ticket: Option<Ticket>,
+    /// Any other admission: a probe's permit, a shadow call, a refusal.
+    held: Option<Held>,
 }
 
 impl<S, C> CircuitBreaker<S, C> {
@@ -48,7 +52,8 @@ impl<S, C> CircuitBreaker<S, C> {
             inner,
             breaker,
             classifier,
-            pending: None,
+            ticket: None,
+            held: None,
         }
     }
 
@@ -81,7 +86,8 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
-            pending: None,
+            ticket: None,
+            held: None,
         }
     }
 }
@@ -106,30 +112,38 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        let pending = match &mut self.pending {
-            Some(pending) => pending,
-            none => none.insert(self.breaker.admit()),
-        };
-        match pending {
-            Pending::Refuse(_) => Poll::Ready(Ok(())),
-            Pending::Ticket(_) | Pending::Call(_) => match self.inner.poll_ready(cx) {
-                Poll::Ready(Err(e)) => {
-                    self.pending = None;
-                    Poll::Ready(Err(e.into()))
-                }
-                other => other.map_err(Into::into),
-            },
+        if self.ticket.is_none() && self.held.is_none() {
+            match self.breaker.admit() {
+                Ok(ticket) => self.ticket = Some(ticket),
+                Err(held) => self.held = Some(held),
+            }
+        }
+        if let Some(Held::Refuse(_)) = self.held {
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Err(e)) => {
+                self.ticket = None;
+                self.held = None;
+                Poll::Ready(Err(e.into()))
+            }
+            other => other.map_err(Into::into),
         }
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
         // Called without poll_ready: decide now, and leave the inner
         // service's readiness contract to the inner service.
-        let pending = self.pending.take().unwrap_or_else(|| self.breaker.admit());
-        match self.breaker.begin(pending) {
+        let admitted = match self.ticket.take() {
+            Some(ticket) => Ok(ticket),
+            None => match self.held.take() {
+                Some(held) => Err(held),
+                None => self.breaker.admit(),
+            },
+        };
+        match self.breaker.begin(admitted) {
             Err(error) => ResponseFuture::rejected(error),
-            Ok(mut call) => {
-                call.start();
+            Ok(call) => {
                 let future = self.inner.call(req);
                 ResponseFuture::called(future, call, self.classifier.clone())
             }

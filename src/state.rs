@@ -37,12 +37,14 @@
 //! tells an observer about transitions, and the caller turns those into
 //! metrics, logs and hooks.
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backoff::{hint_nanos, Backoff, Jitter};
 use crate::classify::Outcome;
+use crate::padded::CachePadded;
 use crate::policy::Policy;
 use crate::window::{Counts, Sample, Window};
 
@@ -224,9 +226,11 @@ impl Word {
     fn new(machine: u64, mode: u64, epoch: u32) -> Self {
         Word(machine | mode << MODE_SHIFT | u64::from(epoch) << EPOCH_SHIFT)
     }
+    #[inline]
     fn machine(self) -> u64 {
         self.0 & MACHINE_MASK
     }
+    #[inline]
     fn mode(self) -> u64 {
         (self.0 >> MODE_SHIFT) & 0b11
     }
@@ -236,6 +240,7 @@ impl Word {
     fn successes(self) -> u32 {
         ((self.0 >> SUCCESSES_SHIFT) & COUNT_MASK) as u32
     }
+    #[inline]
     fn epoch(self) -> u32 {
         (self.0 >> EPOCH_SHIFT) as u32
     }
@@ -270,18 +275,37 @@ pub(crate) enum Target {
 
 /// Permission for one call, remembered until its outcome is recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Ticket {
-    epoch: u32,
-    /// A half-open probe holding a permit.
-    probe: bool,
-    /// Whether the outcome feeds the machine.
-    judged: bool,
-}
+pub(crate) struct Ticket(NonZeroU64);
+
+/// Ticket bits: the low bit is always set (so `Option<Ticket>` is one word),
+/// then the probe and judged flags; the epoch is the high half. One word, so
+/// the service stores and reloads it whole between `poll_ready` and `call`.
+const TICKET_SET: u64 = 1;
+const TICKET_PROBE: u64 = 1 << 1;
+const TICKET_JUDGED: u64 = 1 << 2;
 
 impl Ticket {
+    #[inline]
+    fn new(epoch: u32, probe: bool, judged: bool) -> Self {
+        let flags = if probe { TICKET_PROBE } else { 0 } | if judged { TICKET_JUDGED } else { 0 };
+        Ticket(NonZeroU64::MIN | (u64::from(epoch) << 32 | flags | TICKET_SET))
+    }
+
+    #[inline]
+    fn epoch(self) -> u32 {
+        (self.0.get() >> 32) as u32
+    }
+
     /// Whether this call is a half-open probe.
+    #[inline]
     pub(crate) fn is_probe(&self) -> bool {
-        self.probe
+        self.0.get() & TICKET_PROBE != 0
+    }
+
+    /// Whether the outcome feeds the machine.
+    #[inline]
+    fn is_judged(self) -> bool {
+        self.0.get() & TICKET_JUDGED != 0
     }
 }
 
@@ -325,7 +349,8 @@ struct Episode {
 /// The state machine. Methods take `now` in nanoseconds.
 #[derive(Debug)]
 pub(crate) struct Machine {
-    word: AtomicU64,
+    /// Read by every call, written by transitions only.
+    word: CachePadded<AtomicU64>,
     open_until: AtomicU64,
     phase_since: AtomicU64,
     consecutive: AtomicU32,
@@ -341,7 +366,7 @@ pub(crate) struct Machine {
 impl Machine {
     pub(crate) fn new(config: MachineConfig, window: Window, seed: u64) -> Self {
         Machine {
-            word: AtomicU64::new(Word::new(CLOSED, NORMAL, 0).0),
+            word: CachePadded(AtomicU64::new(Word::new(CLOSED, NORMAL, 0).0)),
             open_until: AtomicU64::new(0),
             phase_since: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
@@ -355,6 +380,7 @@ impl Machine {
         }
     }
 
+    #[inline]
     fn load(&self) -> Word {
         Word(self.word.load(Ordering::Acquire))
     }
@@ -382,11 +408,7 @@ impl Machine {
     pub(crate) fn admit(&self, now: impl Fn() -> u64, obs: &dyn Observer) -> Admission {
         let w = self.load();
         if w.machine() == CLOSED && w.mode() == NORMAL {
-            return Admission::Permitted(Ticket {
-                epoch: w.epoch(),
-                probe: false,
-                judged: true,
-            });
+            return Admission::Permitted(Ticket::new(w.epoch(), false, true));
         }
         self.admit_slow(now, obs)
     }
@@ -396,15 +418,10 @@ impl Machine {
         loop {
             let w = self.load();
             let epoch = w.epoch();
-            let mut ticket = Ticket {
-                epoch,
-                probe: false,
-                judged: true,
-            };
+            let ticket = Ticket::new(epoch, false, true);
             match w.mode() {
                 DISABLED => {
-                    ticket.judged = false;
-                    return Admission::Permitted(ticket);
+                    return Admission::Permitted(Ticket::new(epoch, false, false));
                 }
                 FORCED_OPEN => {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
@@ -419,11 +436,7 @@ impl Machine {
             let refused = |state: State, retry_after: Option<Duration>| {
                 if shadow {
                     self.shadow_rejected.fetch_add(1, Ordering::Relaxed);
-                    Admission::Shadow(Ticket {
-                        epoch,
-                        probe: false,
-                        judged: false,
-                    })
+                    Admission::Shadow(Ticket::new(epoch, false, false))
                 } else {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
                     Admission::Rejected { state, retry_after }
@@ -470,11 +483,32 @@ impl Machine {
                         .compare_exchange(w.0, next, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
-                        ticket.probe = true;
-                        return Admission::Permitted(ticket);
+                        return Admission::Permitted(Ticket::new(epoch, true, true));
                     }
                 }
             }
+        }
+    }
+
+    /// The hot path of [`record`](Self::record): the success of a plain
+    /// call (judged, not a probe) in Closed, with no streak and no hint to
+    /// clear, in a count window. `None` when any of that does not hold, and
+    /// nothing was recorded; otherwise whether the window's totals changed.
+    #[inline]
+    pub(crate) fn record_plain_success(&self, ticket: Ticket) -> Option<bool> {
+        if ticket.0.get() & (TICKET_PROBE | TICKET_JUDGED) != TICKET_JUDGED {
+            return None;
+        }
+        let w = self.load();
+        if w.epoch() != ticket.epoch() || w.machine() != CLOSED {
+            return None;
+        }
+        if self.consecutive.load(Ordering::Relaxed) != 0 || self.hint.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        match &self.window {
+            Window::Count(window) => Some(window.record(Sample::SUCCESS)),
+            Window::Time(_) => None,
         }
     }
 
@@ -489,15 +523,15 @@ impl Machine {
         now: u64,
         obs: &dyn Observer,
     ) -> bool {
-        if !ticket.judged {
+        if !ticket.is_judged() {
             return false;
         }
         let w = self.load();
-        if w.epoch() != ticket.epoch {
+        if w.epoch() != ticket.epoch() {
             return false;
         }
         let slow = self.config.policy.is_slow(elapsed);
-        if ticket.probe {
+        if ticket.is_probe() {
             self.record_probe(ticket, outcome, slow, now, obs);
             return false;
         }
@@ -530,7 +564,7 @@ impl Machine {
         if failure || slow {
             let counts = self.window.counts(now);
             if let Some(reason) = self.config.policy.evaluate(&counts, consecutive) {
-                self.transition(Some(ticket.epoch), Target::Open, reason, now, obs);
+                self.transition(Some(ticket.epoch()), Target::Open, reason, now, obs);
             }
         }
         changed
@@ -548,7 +582,7 @@ impl Machine {
             Outcome::Ignored => self.release(ticket),
             Outcome::Failure(_) => {
                 self.transition(
-                    Some(ticket.epoch),
+                    Some(ticket.epoch()),
                     Target::Open,
                     Reason::ProbeFailed,
                     now,
@@ -557,7 +591,7 @@ impl Machine {
             }
             Outcome::Success if slow => {
                 self.transition(
-                    Some(ticket.epoch),
+                    Some(ticket.epoch()),
                     Target::Open,
                     Reason::ProbeFailed,
                     now,
@@ -569,13 +603,13 @@ impl Machine {
                     .word
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                         let w = Word(w);
-                        (w.epoch() == ticket.epoch && w.successes() < MAX_PERMITS)
+                        (w.epoch() == ticket.epoch() && w.successes() < MAX_PERMITS)
                             .then_some(w.0 + (1 << SUCCESSES_SHIFT))
                     });
                 if let Ok(before) = bumped {
                     if Word(before).successes() + 1 >= self.config.half_open.successes {
                         self.transition(
-                            Some(ticket.epoch),
+                            Some(ticket.epoch()),
                             Target::Closed,
                             Reason::ProbeSucceeded,
                             now,
@@ -589,14 +623,14 @@ impl Machine {
 
     /// Gives a probe permit back, if its half-open period is still current.
     pub(crate) fn release(&self, ticket: Ticket) {
-        if !ticket.probe {
+        if !ticket.is_probe() {
             return;
         }
         let _ = self
             .word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 let w = Word(w);
-                (w.epoch() == ticket.epoch && w.admitted() > 0)
+                (w.epoch() == ticket.epoch() && w.admitted() > 0)
                     .then_some(w.0 - (1 << ADMITTED_SHIFT))
             });
     }

@@ -29,6 +29,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use crate::padded::CachePadded;
+
 /// One call's sample: whether it failed and whether it was slow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Sample {
@@ -37,6 +39,12 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
+    /// A call that succeeded in time.
+    pub(crate) const SUCCESS: Sample = Sample {
+        failure: false,
+        slow: false,
+    };
+
     fn encode(self) -> u8 {
         PRESENT | if self.failure { FAILURE } else { 0 } | if self.slow { SLOW } else { 0 }
     }
@@ -74,6 +82,8 @@ fn ratio(part: u64, whole: u64) -> f64 {
 
 /// The window a breaker evaluates its rate policies over.
 #[derive(Debug)]
+// One per breaker: the count window's size is its padded cursor, on purpose.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Window {
     Count(CountWindow),
     Time(TimeWindow),
@@ -112,7 +122,8 @@ impl Window {
 /// The last `N` calls.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
-    cursor: AtomicU32,
+    /// Written by every call: kept off the lines the totals share.
+    cursor: CachePadded<AtomicU32>,
     /// `u64::MAX / len + 1`: turns `cursor % len` into two multiplications.
     reciprocal: u64,
     slots: Box<[AtomicU8]>,
@@ -125,7 +136,7 @@ impl CountWindow {
     pub(crate) fn new(size: usize) -> Self {
         let size = size.clamp(1, u32::MAX as usize);
         CountWindow {
-            cursor: AtomicU32::new(0),
+            cursor: CachePadded(AtomicU32::new(0)),
             reciprocal: (u64::MAX / size as u64).wrapping_add(1),
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
             calls: AtomicI64::new(0),
@@ -135,7 +146,7 @@ impl CountWindow {
     }
 
     #[inline]
-    fn record(&self, sample: Sample) -> bool {
+    pub(crate) fn record(&self, sample: Sample) -> bool {
         let i = self.slot(self.cursor.fetch_add(1, Ordering::Relaxed));
         let new = sample.encode();
         // The steady state: a sample replacing its twin changes nothing, so

@@ -168,6 +168,7 @@ pub struct DefaultClassifier;
 impl<Res> Classify<Res> for DefaultClassifier {
     type Response = Res;
 
+    #[inline]
     fn classify_response(&self, response: Res, call: InFlight) -> Res {
         call.finish(Outcome::Success);
         response
