@@ -211,41 +211,66 @@ impl Breaker {
         }
     }
 
-    /// Records a call's outcome. The hot path (an untimed success that
-    /// changes nothing) stays inline; the rest is out of line.
+    /// Records a call's outcome. The hot path (a plain success in Closed
+    /// that is not slow, over a count window) stays inline; the rest is out
+    /// of line.
     #[inline]
     fn finish(&self, call: &InFlight, outcome: Outcome) {
-        if matches!(outcome, Outcome::Success) && !call.stamp.timed() {
-            if let Some(changed) = self.machine.record_plain_success(call.ticket) {
-                match self.metrics.cached(call.stamp.slot()) {
-                    Some(handles) if !changed => handles.finished(outcome, None),
-                    _ => self.recorded_untimed_success(call.stamp.slot(), changed),
+        let stamp = call.stamp;
+        let mut end = None;
+        if matches!(outcome, Outcome::Success) {
+            if !stamp.timed() {
+                if let Some(changed) = self.machine.record_plain_success(call.ticket) {
+                    return self.recorded(stamp.slot(), None, changed, None);
                 }
-                return;
+            } else if !self.time_window {
+                let now = self.clock.now();
+                end = Some(now);
+                let elapsed = stamp.elapsed(now);
+                if !self.machine.policy().is_slow(elapsed) {
+                    if let Some(changed) = self.machine.record_plain_success(call.ticket) {
+                        let seconds = Some(elapsed as f64 * 1e-9);
+                        return self.recorded(stamp.slot(), seconds, changed, end);
+                    }
+                }
             }
         }
-        self.finish_slow(call, outcome);
+        self.finish_slow(call, outcome, end);
     }
 
-    /// The rest of an untimed success the machine has recorded: its handles
-    /// were not cached, or the window's totals changed.
+    /// Counts a success the machine has recorded on the hot path.
+    #[inline]
+    fn recorded(&self, slot: u8, seconds: Option<f64>, changed: bool, end: Option<u64>) {
+        match self.metrics.cached(slot) {
+            Some(handles) if !changed => handles.finished(Outcome::Success, seconds),
+            _ => self.recorded_success(slot, seconds, changed, end),
+        }
+    }
+
+    /// The rest of a success the machine has recorded on the hot path: its
+    /// handles were not cached, or the window's totals changed.
     #[cold]
-    fn recorded_untimed_success(&self, slot: u8, changed: bool) {
+    fn recorded_success(&self, slot: u8, seconds: Option<f64>, changed: bool, end: Option<u64>) {
         let handles = match self.metrics.cached(slot) {
             Some(handles) => HandlesRef::Cached(handles),
             None => self.handles(),
         };
-        handles.finished(Outcome::Success, None);
+        handles.finished(Outcome::Success, seconds);
         if changed {
-            self.window_changed(&handles, self.clock.now());
+            self.window_changed(&handles, end.unwrap_or_else(|| self.clock.now()));
         }
     }
 
+    /// Every other outcome. `end` is the time the hot path already read.
     #[inline(never)]
-    fn finish_slow(&self, call: &InFlight, outcome: Outcome) {
+    fn finish_slow(&self, call: &InFlight, outcome: Outcome, end: Option<u64>) {
         let (ticket, stamp) = (call.ticket, call.stamp);
         let timed = stamp.timed();
-        let end = if timed { self.clock.now() } else { 0 };
+        let end = match end {
+            Some(end) => end,
+            None if timed => self.clock.now(),
+            None => 0,
+        };
         let elapsed = if timed { stamp.elapsed(end) } else { 0 };
         let handles = match self.metrics.cached(stamp.slot()) {
             Some(handles) => HandlesRef::Cached(handles),
