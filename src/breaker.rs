@@ -29,7 +29,7 @@ pub(crate) struct Breaker {
     pub(crate) clock: Clock,
     /// Whether the policy times calls: the slow-call policy or a time
     /// window. The duration histogram times them too, when a recorder is
-    /// installed (see [`InFlight::start`]).
+    /// installed (see [`Breaker::stamp`]).
     timed: bool,
     /// Whether the window is a time window, whose rates drift as buckets
     /// expire and successes come in without `record` reporting a change.
@@ -113,6 +113,15 @@ impl Breaker {
         self.metrics.handles(|h| self.sync_gauges(h))
     }
 
+    /// The handles in `slot` (as [`BreakerMetrics::current`] returned it),
+    /// or those of the current recorder if the slot holds none.
+    fn handles_at(&self, slot: u8) -> HandlesRef<'_> {
+        match self.metrics.cached(slot) {
+            Some(handles) => HandlesRef::Cached(handles),
+            None => self.handles(),
+        }
+    }
+
     /// Marks the breaker's series idle (its key was evicted): every state
     /// gauge 0, rates 0.
     pub(crate) fn retire(&self) {
@@ -187,28 +196,30 @@ impl Breaker {
         self: &Arc<Self>,
         admitted: Result<Ticket, Held>,
     ) -> Result<InFlight, CircuitOpen> {
-        let ticket = match admitted {
-            Ok(ticket) => ticket,
-            Err(Held::Call(call)) => return Ok(self.start(call.take_ticket())),
-            Err(Held::Refuse(error)) => return Err(error),
-        };
-        Ok(self.start(ticket))
+        match admitted {
+            Ok(ticket) => Ok(InFlight {
+                breaker: self.clone(),
+                ticket,
+                stamp: self.stamp(),
+            }),
+            Err(Held::Call(mut call)) => {
+                call.stamp = self.stamp();
+                Ok(call)
+            }
+            Err(Held::Refuse(error)) => Err(error),
+        }
     }
 
-    /// The record of a call starting now. The call is timed when the policy
+    /// The stamp of a call starting now. The call is timed when the policy
     /// needs durations, or when the current recorder is a real one and the
     /// level keeps the duration histogram: with no recorder installed, the
     /// success path reads no clock.
     #[inline(always)]
-    fn start(self: &Arc<Self>, ticket: Ticket) -> InFlight {
+    fn stamp(&self) -> Stamp {
         let (slot, times_calls) = self.metrics.current_slot(|h| self.sync_gauges(h));
         let timed = self.timed || times_calls;
         let start = if timed { self.clock.now() } else { 0 };
-        InFlight {
-            breaker: self.clone(),
-            ticket,
-            stamp: Stamp::started(start, slot, timed),
-        }
+        Stamp::started(start, slot, timed)
     }
 
     /// Records a call's outcome. The hot path (a plain success in Closed
@@ -251,10 +262,7 @@ impl Breaker {
     /// handles were not cached, or the window's totals changed.
     #[cold]
     fn recorded_success(&self, slot: u8, seconds: Option<f64>, changed: bool, end: Option<u64>) {
-        let handles = match self.metrics.cached(slot) {
-            Some(handles) => HandlesRef::Cached(handles),
-            None => self.handles(),
-        };
+        let handles = self.handles_at(slot);
         handles.finished(Outcome::Success, seconds);
         if changed {
             self.window_changed(&handles, end.unwrap_or_else(|| self.clock.now()));
@@ -272,10 +280,7 @@ impl Breaker {
             None => 0,
         };
         let elapsed = if timed { stamp.elapsed(end) } else { 0 };
-        let handles = match self.metrics.cached(stamp.slot()) {
-            Some(handles) => HandlesRef::Cached(handles),
-            None => self.handles(),
-        };
+        let handles = self.handles_at(stamp.slot());
         // A slow probe fails the half-open test (the machine reopens with
         // probe_failed): report it as the failure it is.
         let reported = match outcome {
@@ -526,13 +531,6 @@ impl InFlight {
             ticket,
             stamp: Stamp::ADMITTED,
         }
-    }
-
-    /// The ticket of a call admitted but not started, which no longer gives
-    /// it back when dropped: the started record takes over.
-    fn take_ticket(mut self) -> Ticket {
-        self.stamp = Stamp(self.stamp.0 | Stamp::FINISHED);
-        self.ticket
     }
 
     /// Records the call's outcome.

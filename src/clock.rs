@@ -136,48 +136,38 @@ struct Ticker {
     every: AtomicU64,
 }
 
-static TICKER: OnceLock<Option<Ticker>> = OnceLock::new();
+static TICKER: Ticker = Ticker {
+    nanos: AtomicU64::new(0),
+    every: AtomicU64::new(u64::MAX),
+};
+
+/// Whether the ticker's thread is running, once the first coarse clock
+/// has tried to start it.
+static TICKING: OnceLock<bool> = OnceLock::new();
 
 impl Ticker {
     const FINEST: Duration = Duration::from_micros(50);
     const COARSEST: Duration = Duration::from_secs(1);
 
-    /// The process's ticker, started at the first call; `None` if its
-    /// thread could not be started.
+    /// The process's ticker, its thread started at the first call; `None`
+    /// if the thread could not be started.
     fn global(resolution: Duration) -> Option<&'static Ticker> {
         let every = duration_nanos(resolution.clamp(Self::FINEST, Self::COARSEST));
-        let ticker = TICKER
-            .get_or_init(|| {
-                let clock = quanta::Clock::new();
-                let origin = clock.raw();
-                std::thread::Builder::new()
-                    .name("tower-breaker-clock".into())
-                    .spawn(move || {
-                        // Waits for the OnceLock to hold the ticker, then
-                        // ticks for the rest of the process.
-                        let ticker = loop {
-                            match TICKER.get() {
-                                Some(Some(ticker)) => break ticker,
-                                Some(None) => return,
-                                None => std::thread::yield_now(),
-                            }
-                        };
-                        loop {
-                            let now = clock.delta_as_nanos(origin, clock.raw());
-                            ticker.nanos.store(now.max(1), Ordering::Relaxed);
-                            let every = ticker.every.load(Ordering::Relaxed);
-                            std::thread::sleep(Duration::from_nanos(every));
-                        }
-                    })
-                    .ok()
-                    .map(|_| Ticker {
-                        nanos: AtomicU64::new(1),
-                        every: AtomicU64::new(every),
-                    })
-            })
-            .as_ref()?;
-        ticker.every.fetch_min(every, Ordering::Relaxed);
-        Some(ticker)
+        TICKER.every.fetch_min(every, Ordering::Relaxed);
+        let ticking = TICKING.get_or_init(|| {
+            let clock = quanta::Clock::new();
+            let origin = clock.raw();
+            std::thread::Builder::new()
+                .name("tower-breaker-clock".into())
+                .spawn(move || loop {
+                    let now = clock.delta_as_nanos(origin, clock.raw());
+                    TICKER.nanos.store(now, Ordering::Relaxed);
+                    let every = TICKER.every.load(Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_nanos(every));
+                })
+                .is_ok()
+        });
+        ticking.then_some(&TICKER)
     }
 }
 

@@ -666,17 +666,10 @@ impl BreakerMetrics {
     #[inline]
     pub(crate) fn current(&self, fresh: impl Fn(&Handles)) -> (u8, HandlesRef<'_>) {
         let recorder = current_recorder();
-        for (i, slot) in self.slots.iter().enumerate() {
-            let handles = match slot.get() {
-                Some(handles) => handles,
-                None => slot.get_or_init(|| Box::new(self.resolve(recorder, &fresh))),
-            };
-            if handles.recorder == recorder {
-                return (i as u8, HandlesRef::Cached(handles));
-            }
+        match self.find(recorder) {
+            Some((slot, handles)) => (slot, HandlesRef::Cached(handles)),
+            None => self.insert(recorder, &fresh),
         }
-        let handles = HandlesRef::Uncached(Box::new(self.resolve(recorder, &fresh)));
-        (UNCACHED, handles)
     }
 
     /// The slot of the current recorder's handles, as
@@ -685,23 +678,41 @@ impl BreakerMetrics {
     #[inline]
     pub(crate) fn current_slot(&self, fresh: impl Fn(&Handles)) -> (u8, bool) {
         let recorder = current_recorder();
+        let (slot, handles) = match self.find(recorder) {
+            Some((slot, handles)) => (slot, HandlesRef::Cached(handles)),
+            None => self.insert(recorder, &fresh),
+        };
+        (slot, handles.times_calls())
+    }
+
+    /// The slot holding `recorder`'s handles, among those resolved.
+    #[inline]
+    fn find(&self, recorder: usize) -> Option<(u8, &Handles)> {
         for (i, slot) in self.slots.iter().enumerate() {
             match slot.get() {
-                Some(handles) if handles.recorder == recorder => {
-                    return (i as u8, handles.times_calls())
-                }
+                Some(handles) if handles.recorder == recorder => return Some((i as u8, handles)),
                 Some(_) => {}
                 None => break,
             }
         }
-        self.current_slot_slow(fresh)
+        None
     }
 
+    /// Resolves handles for a recorder [`find`](Self::find) did not find,
+    /// in the first free slot, or for this use only when none is free.
     #[cold]
     #[inline(never)]
-    fn current_slot_slow(&self, fresh: impl Fn(&Handles)) -> (u8, bool) {
-        let (slot, handles) = self.current(fresh);
-        (slot, handles.times_calls())
+    fn insert(&self, recorder: usize, fresh: &impl Fn(&Handles)) -> (u8, HandlesRef<'_>) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            // Another thread may have filled the slot meanwhile, for this
+            // recorder or another.
+            let handles = slot.get_or_init(|| Box::new(self.resolve(recorder, fresh)));
+            if handles.recorder == recorder {
+                return (i as u8, HandlesRef::Cached(handles));
+            }
+        }
+        let handles = HandlesRef::Uncached(Box::new(self.resolve(recorder, fresh)));
+        (UNCACHED, handles)
     }
 
     /// The handles in a slot [`current`](Self::current) returned.
