@@ -1,7 +1,6 @@
 //! The shared core of one breaker: its machine, metrics, clock and hooks.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,12 +11,8 @@ use crate::error::CircuitOpen;
 use crate::metrics::{BreakerMetrics, Handles, HandlesRef, MetricsLevel, Transition};
 use crate::policy::Policy;
 use crate::predict::{Prediction, Predictor};
-use crate::state::{Admission, Machine, Observer, Reason, State, StateChange, Ticket};
+use crate::state::{Admission, Machine, Observer, Reason, Refusal, State, StateChange, Ticket};
 use crate::window::Counts;
-
-/// How often the rate gauges of a time window are refreshed while calls
-/// flow: its totals change with time, not only with failures.
-const RATES_REFRESH: u64 = 1_000_000_000;
 
 /// A hook run after every transition.
 pub(crate) type StateHook = Arc<dyn Fn(&StateChange) + Send + Sync>;
@@ -32,10 +27,9 @@ pub(crate) struct Breaker {
     /// installed (see [`Breaker::stamp`]).
     timed: bool,
     /// Whether the window is a time window, whose rates drift as buckets
-    /// expire and successes come in without `record` reporting a change.
+    /// expire and successes come in without `record` reporting a change:
+    /// its gauges are set after every call.
     time_window: bool,
-    /// When the rate gauges were last set (clock nanoseconds).
-    rates_at: AtomicU64,
     hooks: Vec<StateHook>,
     /// The trend estimator, when early warning is on.
     predictor: Option<Predictor>,
@@ -61,14 +55,15 @@ impl fmt::Debug for Breaker {
     }
 }
 
-/// What a service holds between `poll_ready` and `call`, other than the
-/// ticket of a plain admission (the hot path holds only that one word).
-#[derive(Debug)]
-pub(crate) enum Held {
-    /// Admitted holding a half-open permit, or in shadow mode: returned if
-    /// dropped.
-    Call(InFlight),
-    Refuse(CircuitOpen),
+/// The decision a service keeps from `poll_ready` for `call`. It holds no
+/// permit: a service made ready and never called holds nothing back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ready {
+    /// Let the call through as the ticket says; a deferred ticket (a
+    /// half-open probe, a shadow-mode call) asks the machine again at `call`.
+    Go(Ticket),
+    /// Refuse it: the inner service was not polled.
+    Refuse(Refusal),
 }
 impl Breaker {
     pub(crate) fn new(
@@ -81,7 +76,6 @@ impl Breaker {
         metrics.expect_transitions(expected_transitions(machine.policy()));
         Breaker {
             time_window: machine.window().needs_time(),
-            rates_at: AtomicU64::new(clock.now()),
             machine,
             metrics,
             clock,
@@ -165,48 +159,78 @@ impl Breaker {
         }
     }
 
-    /// Asks the machine whether a call may go through: `Ok` with a ticket
-    /// for a plain admission, else what the service must hold.
+    /// The decision of `poll_ready`: takes no permit and counts nothing
+    /// (see [`Machine::check`]).
     #[inline]
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Ticket, Held> {
+    pub(crate) fn check(&self) -> Ready {
+        match self.machine.check(|| self.clock.now(), self) {
+            Ok(ticket) => Ready::Go(ticket),
+            Err(refusal) => Ready::Refuse(refusal),
+        }
+    }
+
+    /// Whether a decision kept since an earlier `poll_ready` may stand for
+    /// the next one: a ticket while no transition happened since; a refusal
+    /// never (it is decided afresh, so a breaker that recovered lets the
+    /// call through).
+    #[inline]
+    pub(crate) fn still_ready(&self, ready: &Ready) -> bool {
+        matches!(ready, Ready::Go(ticket) if self.machine.is_current(*ticket))
+    }
+
+    /// Starts a call with the decision `poll_ready` kept (`None` if `call`
+    /// came without `poll_ready`). A ticket that no longer stands (the
+    /// breaker moved since, or it is deferred) is decided again now; a
+    /// refusal is delivered and counted.
+    #[inline]
+    pub(crate) fn start(self: &Arc<Self>, ready: Option<Ready>) -> Result<InFlight, CircuitOpen> {
+        match ready {
+            Some(Ready::Go(ticket)) if self.machine.stands(ticket) => Ok(self.in_flight(ticket)),
+            Some(Ready::Refuse(refusal)) => Err(self.refused(refusal)),
+            _ => self.admit(),
+        }
+    }
+
+    /// Admits a call now: takes a half-open permit if it is a probe, counts
+    /// a refusal.
+    #[inline]
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<InFlight, CircuitOpen> {
         match self.machine.admit(|| self.clock.now(), &**self) {
-            Admission::Permitted(ticket) if !ticket.is_probe() => Ok(ticket),
-            admission => Err(self.admit_held(admission)),
+            Admission::Permitted(ticket) if !ticket.is_probe() => Ok(self.in_flight(ticket)),
+            admission => self.admit_slow(admission),
         }
     }
 
     #[cold]
-    fn admit_held(self: &Arc<Self>, admission: Admission) -> Held {
+    fn admit_slow(self: &Arc<Self>, admission: Admission) -> Result<InFlight, CircuitOpen> {
         match admission {
-            Admission::Permitted(ticket) => Held::Call(InFlight::new(self.clone(), ticket)),
+            Admission::Permitted(ticket) => Ok(self.in_flight(ticket)),
             Admission::Shadow(ticket) => {
                 self.handles().shadow_rejected();
-                Held::Call(InFlight::new(self.clone(), ticket))
+                Ok(self.in_flight(ticket))
             }
             Admission::Rejected { state, retry_after } => {
                 self.handles().rejected(state);
-                Held::Refuse(CircuitOpen::new(self.service().clone(), state, retry_after))
+                Err(CircuitOpen::new(self.service().clone(), state, retry_after))
             }
         }
     }
 
-    /// Starts the call an admission let through, or hands back its refusal.
+    /// Delivers a refusal decided in `poll_ready`.
+    #[cold]
+    fn refused(&self, refusal: Refusal) -> CircuitOpen {
+        let retry_after = self.machine.refuse(refusal, || self.clock.now());
+        self.handles().rejected(refusal.state);
+        CircuitOpen::new(self.service().clone(), refusal.state, retry_after)
+    }
+
+    /// The record of a call starting now.
     #[inline(always)]
-    pub(crate) fn begin(
-        self: &Arc<Self>,
-        admitted: Result<Ticket, Held>,
-    ) -> Result<InFlight, CircuitOpen> {
-        match admitted {
-            Ok(ticket) => Ok(InFlight {
-                breaker: self.clone(),
-                ticket,
-                stamp: self.stamp(),
-            }),
-            Err(Held::Call(mut call)) => {
-                call.stamp = self.stamp();
-                Ok(call)
-            }
-            Err(Held::Refuse(error)) => Err(error),
+    fn in_flight(self: &Arc<Self>, ticket: Ticket) -> InFlight {
+        InFlight {
+            breaker: self.clone(),
+            ticket,
+            stamp: self.stamp(),
         }
     }
 
@@ -232,7 +256,7 @@ impl Breaker {
         if matches!(outcome, Outcome::Success) {
             if !stamp.timed() {
                 if let Some(changed) = self.machine.record_plain_success(call.ticket) {
-                    return self.recorded(stamp.slot(), None, changed, None);
+                    return self.recorded(call.ticket, stamp.slot(), None, changed, None);
                 }
             } else if !self.time_window {
                 let now = self.clock.now();
@@ -241,7 +265,7 @@ impl Breaker {
                 if !self.machine.policy().is_slow(elapsed) {
                     if let Some(changed) = self.machine.record_plain_success(call.ticket) {
                         let seconds = Some(elapsed as f64 * 1e-9);
-                        return self.recorded(stamp.slot(), seconds, changed, end);
+                        return self.recorded(call.ticket, stamp.slot(), seconds, changed, end);
                     }
                 }
             }
@@ -251,21 +275,38 @@ impl Breaker {
 
     /// Counts a success the machine has recorded on the hot path.
     #[inline]
-    fn recorded(&self, slot: u8, seconds: Option<f64>, changed: bool, end: Option<u64>) {
+    fn recorded(
+        &self,
+        ticket: Ticket,
+        slot: u8,
+        seconds: Option<f64>,
+        changed: bool,
+        end: Option<u64>,
+    ) {
         match self.metrics.cached(slot) {
             Some(handles) if !changed => handles.finished(Outcome::Success, seconds),
-            _ => self.recorded_success(slot, seconds, changed, end),
+            _ => self.recorded_success(ticket, slot, seconds, changed, end),
         }
     }
 
     /// The rest of a success the machine has recorded on the hot path: its
-    /// handles were not cached, or the window's totals changed.
+    /// handles were not cached, or the window's totals changed (a window
+    /// filling up, or a failure pushed out), which the policies judge.
     #[cold]
-    fn recorded_success(&self, slot: u8, seconds: Option<f64>, changed: bool, end: Option<u64>) {
+    fn recorded_success(
+        &self,
+        ticket: Ticket,
+        slot: u8,
+        seconds: Option<f64>,
+        changed: bool,
+        end: Option<u64>,
+    ) {
         let handles = self.handles_at(slot);
         handles.finished(Outcome::Success, seconds);
         if changed {
-            self.window_changed(&handles, end.unwrap_or_else(|| self.clock.now()));
+            let now = end.unwrap_or_else(|| self.clock.now());
+            self.machine.evaluate(ticket, now, self);
+            self.window_changed(&handles, now);
         }
     }
 
@@ -290,10 +331,11 @@ impl Breaker {
             other => other,
         };
         handles.finished(reported, timed.then_some(elapsed as f64 * 1e-9));
-        // A transition needs the time even when calls are not timed: a
-        // failure may trip, a probe may close or reopen. The hot path
-        // (closed + success) of an untimed call still reads no clock.
-        let now = if timed || !(ticket.is_probe() || matches!(outcome, Outcome::Failure(_))) {
+        // A transition needs the time even when calls are not timed: any
+        // judged outcome may trip (a window filling up reaches its minimum
+        // with a success), a probe may close or reopen. Calls are always
+        // timed with a time window.
+        let now = if timed || matches!(outcome, Outcome::Ignored) {
             end
         } else {
             self.clock.now()
@@ -301,12 +343,11 @@ impl Breaker {
         let changed = self.machine.record(ticket, outcome, elapsed, now, self);
         if changed {
             // Not the hot path: the window's totals or the streak changed.
-            // The trend and the gauges need the time, read if the call was not
-            // timed.
-            let now = if timed { end } else { self.clock.now() };
             self.window_changed(&handles, now);
-        } else if self.time_window && self.rates_due(end) {
-            self.update_rates(&handles, end);
+        } else if self.time_window {
+            // A time window's rates move with every call and with time:
+            // the gauges show them as of this call.
+            self.update_rates(&handles, now);
         }
     }
 
@@ -326,17 +367,11 @@ impl Breaker {
         }
     }
 
-    #[inline]
-    fn rates_due(&self, now: u64) -> bool {
-        now.saturating_sub(self.rates_at.load(Ordering::Relaxed)) >= RATES_REFRESH
-    }
-
     /// Sets the rate and trip-risk gauges from the window.
     fn update_rates(&self, h: &Handles, now: u64) {
         if self.metrics.level() < MetricsLevel::Standard || h.is_noop() {
             return;
         }
-        self.rates_at.store(now, Ordering::Relaxed);
         let counts = self.machine.window().counts(now);
         h.error_rate.set(counts.failure_rate());
         h.slow_call_rate.set(counts.slow_call_rate());
@@ -475,7 +510,7 @@ pub struct InFlight {
 /// Bits 0..56 hold the start (clock nanoseconds modulo 2^56, about 833
 /// days; durations are taken modulo the same, so they are exact for any
 /// call shorter than that), bits 56..59 the metric handles' slot, then the
-/// timed, started and finished flags.
+/// timed and finished flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp(u64);
 
@@ -484,18 +519,14 @@ impl Stamp {
     const SLOT_SHIFT: u32 = 56;
     const SLOT_MASK: u64 = 0b111;
     const TIMED: u64 = 1 << 59;
-    const STARTED: u64 = 1 << 60;
-    const FINISHED: u64 = 1 << 61;
-
-    /// Admitted, the inner service not yet called.
-    const ADMITTED: Stamp = Stamp((Self::SLOT_MASK) << Self::SLOT_SHIFT);
+    const FINISHED: u64 = 1 << 60;
 
     #[inline(always)]
     fn started(start: u64, slot: u8, timed: bool) -> Self {
         // Slots past the mask (UNCACHED) read back as the mask: no slot.
         let slot = u64::from(slot).min(Self::SLOT_MASK);
         let timed = if timed { Self::TIMED } else { 0 };
-        Stamp(start & Self::START_MASK | slot << Self::SLOT_SHIFT | timed | Self::STARTED)
+        Stamp(start & Self::START_MASK | slot << Self::SLOT_SHIFT | timed)
     }
 
     #[inline]
@@ -514,25 +545,12 @@ impl Stamp {
     }
 
     #[inline]
-    fn is_started(self) -> bool {
-        self.0 & Self::STARTED != 0
-    }
-
-    #[inline]
     fn is_finished(self) -> bool {
         self.0 & Self::FINISHED != 0
     }
 }
 
 impl InFlight {
-    fn new(breaker: Arc<Breaker>, ticket: Ticket) -> Self {
-        InFlight {
-            breaker,
-            ticket,
-            stamp: Stamp::ADMITTED,
-        }
-    }
-
     /// Records the call's outcome.
     #[inline]
     pub fn finish(mut self, outcome: Outcome) {
@@ -545,7 +563,7 @@ impl InFlight {
     /// later call succeeds, it stays open at least this long, up to the
     /// configured cap. Call it before [`finish`](InFlight::finish).
     pub fn retry_after(&self, after: Duration) {
-        self.breaker.machine.hint(after);
+        self.breaker.machine.hint(self.ticket, after);
     }
 
     /// The name of the breaker this call went through.
@@ -560,11 +578,7 @@ impl Drop for InFlight {
         if self.stamp.is_finished() {
             return;
         }
-        if self.stamp.is_started() {
-            self.breaker.finish(self, Outcome::Ignored);
-        } else {
-            self.breaker.machine.release(self.ticket);
-        }
+        self.breaker.finish(self, Outcome::Ignored);
     }
 }
 
@@ -572,7 +586,7 @@ impl fmt::Debug for InFlight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InFlight")
             .field("service", &self.service())
-            .field("started", &self.stamp.is_started())
+            .field("finished", &self.stamp.is_finished())
             .finish_non_exhaustive()
     }
 }

@@ -4,9 +4,10 @@
 //! can drive it with a [`ManualClock`] or with tokio's paused time
 //! ([`Clock::tokio`]) and never sleep for real.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// Where a breaker reads the time.
@@ -27,9 +28,17 @@ pub struct Clock {
 
 #[derive(Clone)]
 enum Kind {
-    System { clock: quanta::Clock, origin: u64 },
-    Coarse(&'static Ticker),
-    Tokio { origin: tokio::time::Instant },
+    System {
+        clock: quanta::Clock,
+        origin: u64,
+    },
+    /// Holds its registration: the ticker runs while one is alive.
+    Coarse {
+        _user: Arc<CoarseUser>,
+    },
+    Tokio {
+        origin: tokio::time::Instant,
+    },
     Manual(Arc<AtomicU64>),
 }
 
@@ -44,16 +53,21 @@ impl Clock {
     }
 
     /// A coarse clock: reading it is one atomic load, because a background
-    /// thread (one per process, named `tower-breaker-clock`, started by the
-    /// first call) refreshes it every `resolution`. Durations, the slow-call
-    /// policy and open durations are then precise to about `resolution`.
+    /// thread (one per process, named `tower-breaker-clock`) refreshes it
+    /// every `resolution`. Durations, the slow-call policy and open durations
+    /// are then precise to about `resolution`.
     ///
     /// The system clock reads the TSC on every call, twice for a timed one;
     /// where that is slow (about 15-20 ns a read under some hypervisors),
     /// this clock takes the clock reads off the hot path. The resolution is
-    /// clamped to 50 µs..=1 s; when breakers ask for different ones, the
-    /// finest wins. Should the thread fail to start, this is the system
-    /// clock.
+    /// clamped to 50 µs..=1 s.
+    ///
+    /// The cost: one thread waking every `resolution` while any coarse
+    /// clock (or a breaker holding one) is alive. When coarse clocks ask for
+    /// different resolutions, the finest of those alive wins; when the last
+    /// one is dropped, the thread stops within one tick, and the next coarse
+    /// clock starts it again. Should the thread fail to start, this is the
+    /// system clock.
     ///
     /// ```
     /// use std::time::Duration;
@@ -67,9 +81,11 @@ impl Clock {
     /// # let _ = layer;
     /// ```
     pub fn coarse(resolution: Duration) -> Self {
-        match Ticker::global(resolution) {
-            Some(ticker) => Clock {
-                kind: Kind::Coarse(ticker),
+        match Ticker::join(resolution) {
+            Some(user) => Clock {
+                kind: Kind::Coarse {
+                    _user: Arc::new(user),
+                },
             },
             None => Clock::system(),
         }
@@ -101,7 +117,7 @@ impl Clock {
     pub(crate) fn now(&self) -> u64 {
         match &self.kind {
             Kind::System { clock, origin } => clock.delta_as_nanos(*origin, clock.raw()),
-            Kind::Coarse(ticker) => ticker.nanos.load(Ordering::Relaxed),
+            Kind::Coarse { .. } => TICKER.nanos.load(Ordering::Relaxed),
             Kind::Tokio { origin } => {
                 duration_nanos(tokio::time::Instant::now().saturating_duration_since(*origin))
             }
@@ -120,7 +136,7 @@ impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
             Kind::System { .. } => "system",
-            Kind::Coarse(_) => "coarse",
+            Kind::Coarse { .. } => "coarse",
             Kind::Tokio { .. } => "tokio",
             Kind::Manual(_) => "manual",
         };
@@ -132,7 +148,8 @@ impl fmt::Debug for Clock {
 struct Ticker {
     /// Nanoseconds since the ticker's origin, as of the last tick.
     nanos: AtomicU64,
-    /// Time between ticks, in nanoseconds.
+    /// Time between ticks, in nanoseconds: the finest resolution asked for
+    /// by a coarse clock alive.
     every: AtomicU64,
 }
 
@@ -141,33 +158,104 @@ static TICKER: Ticker = Ticker {
     every: AtomicU64::new(u64::MAX),
 };
 
-/// Whether the ticker's thread is running, once the first coarse clock
-/// has tried to start it.
-static TICKING: OnceLock<bool> = OnceLock::new();
+/// Who uses the ticker: the resolutions of the coarse clocks alive (a
+/// count each), and whether its thread runs.
+#[derive(Debug, Default)]
+struct Users {
+    resolutions: BTreeMap<u64, usize>,
+    running: bool,
+}
+
+/// A coarse clock's registration with the ticker, shared by its clones.
+#[derive(Debug)]
+struct CoarseUser {
+    every: u64,
+}
+
+impl Drop for CoarseUser {
+    fn drop(&mut self) {
+        let mut users = Ticker::users();
+        if let Some(n) = users.resolutions.get_mut(&self.every) {
+            *n -= 1;
+            if *n == 0 {
+                users.resolutions.remove(&self.every);
+            }
+        }
+        Ticker::set_every(&users);
+    }
+}
 
 impl Ticker {
     const FINEST: Duration = Duration::from_micros(50);
     const COARSEST: Duration = Duration::from_secs(1);
 
-    /// The process's ticker, its thread started at the first call; `None`
-    /// if the thread could not be started.
-    fn global(resolution: Duration) -> Option<&'static Ticker> {
-        let every = duration_nanos(resolution.clamp(Self::FINEST, Self::COARSEST));
-        TICKER.every.fetch_min(every, Ordering::Relaxed);
-        let ticking = TICKING.get_or_init(|| {
+    fn users() -> MutexGuard<'static, Users> {
+        static USERS: OnceLock<Mutex<Users>> = OnceLock::new();
+        USERS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The origin all ticks count from, so a restarted thread continues
+    /// the same timeline.
+    fn now() -> u64 {
+        static ORIGIN: OnceLock<(quanta::Clock, u64)> = OnceLock::new();
+        let (clock, origin) = ORIGIN.get_or_init(|| {
             let clock = quanta::Clock::new();
             let origin = clock.raw();
-            std::thread::Builder::new()
-                .name("tower-breaker-clock".into())
-                .spawn(move || loop {
-                    let now = clock.delta_as_nanos(origin, clock.raw());
-                    TICKER.nanos.store(now, Ordering::Relaxed);
-                    let every = TICKER.every.load(Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_nanos(every));
-                })
-                .is_ok()
+            (clock, origin)
         });
-        ticking.then_some(&TICKER)
+        clock.delta_as_nanos(*origin, clock.raw())
+    }
+
+    fn set_every(users: &Users) {
+        let every = users.resolutions.keys().next().copied().unwrap_or(u64::MAX);
+        TICKER.every.store(every, Ordering::Relaxed);
+    }
+
+    /// Registers a coarse clock of `resolution`, starting the thread if it
+    /// is not running; `None` if it could not be started.
+    fn join(resolution: Duration) -> Option<CoarseUser> {
+        let every = duration_nanos(resolution.clamp(Self::FINEST, Self::COARSEST));
+        let mut users = Ticker::users();
+        *users.resolutions.entry(every).or_default() += 1;
+        Ticker::set_every(&users);
+        let user = CoarseUser { every };
+        if !users.running {
+            // Readers see the time at once, not what a stopped thread left.
+            TICKER.nanos.fetch_max(Ticker::now(), Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name("tower-breaker-clock".into())
+                .spawn(Ticker::run);
+            if spawned.is_err() {
+                drop(users);
+                drop(user);
+                return None;
+            }
+            users.running = true;
+        }
+        Some(user)
+    }
+
+    /// The thread: ticks until no coarse clock is left.
+    fn run() {
+        loop {
+            TICKER.nanos.fetch_max(Ticker::now(), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_nanos(TICKER.every.load(Ordering::Relaxed)));
+            let mut users = Ticker::users();
+            if users.resolutions.is_empty() {
+                users.running = false;
+                return;
+            }
+        }
+    }
+
+    /// Whether the thread runs, and its tick in nanoseconds.
+    #[cfg(test)]
+    fn status() -> (bool, u64) {
+        let users = Ticker::users();
+        (users.running, TICKER.every.load(Ordering::Relaxed))
     }
 }
 
@@ -214,21 +302,67 @@ mod tests {
         assert!(b >= a);
     }
 
+    /// The ticker is process-wide: its tests take turns.
+    fn ticker_lock() -> MutexGuard<'static, ()> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (yielding, with a deadline, never sleeping) until `done`.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn coarse_clock_moves_on_its_own() {
+        let _turn = ticker_lock();
         let clock = Clock::coarse(Duration::from_micros(100));
         assert_eq!(format!("{clock:?}"), "Clock(\"coarse\")");
         let first = clock.now();
         // No sleep: wait for the ticker thread's next tick, with a deadline.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while clock.now() == first {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the coarse clock never moved"
-            );
-            std::thread::yield_now();
-        }
+        wait_until("the coarse clock never moved", || clock.now() != first);
         assert!(clock.now() > first);
+    }
+
+    #[test]
+    fn ticker_stops_with_its_last_clock_and_restarts() {
+        let _turn = ticker_lock();
+        let clock = Clock::coarse(Duration::from_millis(1));
+        let copy = clock.clone();
+        assert!(Ticker::status().0);
+        drop(clock);
+        // A clone keeps the registration.
+        std::thread::yield_now();
+        assert!(Ticker::status().0, "the clone still uses it");
+        let before = copy.now();
+        drop(copy);
+        wait_until("the ticker thread never stopped", || !Ticker::status().0);
+        // A new coarse clock starts it again, on the same timeline.
+        let again = Clock::coarse(Duration::from_millis(1));
+        assert!(Ticker::status().0);
+        assert!(again.now() >= before);
+        let first = again.now();
+        wait_until("the restarted ticker never moved", || again.now() != first);
+    }
+
+    #[test]
+    fn finest_resolution_alive_wins() {
+        let _turn = ticker_lock();
+        let coarse = Clock::coarse(Duration::from_secs(1));
+        assert_eq!(Ticker::status().1, 1_000_000_000);
+        let fine = Clock::coarse(Duration::from_micros(50));
+        assert_eq!(Ticker::status().1, 50_000);
+        drop(fine);
+        assert_eq!(
+            Ticker::status().1,
+            1_000_000_000,
+            "the fine clock is gone: back to the coarse one's resolution"
+        );
+        drop(coarse);
     }
 
     #[tokio::test(start_paused = true)]

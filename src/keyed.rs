@@ -11,25 +11,40 @@
 //!
 //! Keys come from requests, so their number is bounded three ways:
 //!
-//! - **`max_keys`** (default 1024): past it, new keys share one breaker
-//!   labelled `__overflow__` (remembering nothing about them). The
-//!   process-wide label cap ([`set_service_limit`]) applies too: when it runs
-//!   out, new keys overflow the same way.
+//! - **`max_keys`** (default 500, half the process-wide label cap): the
+//!   layer reserves that many `service` labels from the process-wide cap
+//!   ([`set_service_limit`], default 1,000) when it is built, or fewer if
+//!   the cap has less room left (logged as a warning; see
+//!   [`label_budget`](KeyedCircuitBreakerLayer::label_budget)). Its keys
+//!   use only that budget: keys made up by clients can take no label from
+//!   another layer or from a named breaker.
+//! - **Overflow**: past the budget, new keys share one breaker labelled
+//!   `__overflow__`, which **judges nothing**: it starts (and stays)
+//!   [`Disabled`](crate::State::Disabled), so an overflowed call always
+//!   reaches the inner service and is counted (`requests_total`,
+//!   `request_duration_seconds`, `failures_total` under
+//!   `service="__overflow__"`), and one key's failures can never get another
+//!   key refused. The overflow breaker's handle can still force it open.
 //! - **`idle_timeout`** (default 10 minutes): a key with no call for that long
-//!   is evicted by the next sweep (see below), so never before
-//!   `idle_timeout` and, with regular sweeps, within twice that. A key whose
-//!   breaker is still referenced (a call in flight, or a
-//!   [`CircuitBreakerHandle`] you hold) is kept. A call racing the eviction
-//!   of its key may still be judged by the evicted breaker.
+//!   is evicted by the next sweep (see below). Each key remembers when it was
+//!   last used to within `idle_timeout / 64`: a sweep evicts every key idle
+//!   for `idle_timeout` (and unreferenced), and never one called within the
+//!   last `idle_timeout × 63/64`. With the sweeps calls trigger on their own,
+//!   a key goes within 1.5 × `idle_timeout`; call
+//!   [`evict_idle`](KeyedCircuitBreakerLayer::evict_idle) from a timer for a
+//!   tighter bound. A key whose breaker is still referenced (a call in
+//!   flight, or a [`CircuitBreakerHandle`] you hold) is kept. A call racing
+//!   the eviction of its key may still be judged by the evicted breaker.
 //! - **Labels**: a key is sanitized like every label
 //!   ([`sanitize_label`]: `[A-Za-z0-9_\-.:/]`, 64 characters). Keys that
 //!   sanitize alike share one breaker, so one series is always one breaker.
 //!
 //! Where clients choose the key (a `Host` header on a server), a flood of
 //! made-up keys fills the map and new genuine keys overflow until the
-//! made-up ones go idle: prefer keys you control there ([`ByPath::prefixes`],
-//! a header your router sets). The map hashes with std's DoS-resistant
-//! SipHash.
+//! made-up ones go idle (those new keys flow, unjudged, through the overflow
+//! breaker meanwhile): prefer keys you control there ([`ByPath::prefixes`],
+//! a header your router sets). Both the shard choice and the maps hash with
+//! std's randomly seeded SipHash, so clients cannot aim keys at one shard.
 //!
 //! An evicted key's series are **set idle, not removed**: the `metrics`
 //! facade cannot remove a series, so eviction sets every value of its
@@ -57,12 +72,12 @@
 //! # Concurrency
 //!
 //! The keys live in 64 shards, each an immutable map behind an
-//! [`ArcSwap`]; a key's shard is chosen by an FNV-1a hash of it. A call
-//! for a known key loads its shard's snapshot (arc-swap's debt protocol: a
-//! few atomic operations on a slot of the calling thread, no shared cache
-//! line written), looks the key up, and marks it used with one relaxed load
-//! (a store only the first time after a sweep). No lock is taken and no
-//! clock is read for it. Inserting a key (and evicting keys) takes a mutex,
+//! [`ArcSwap`]; a key's shard is chosen by a randomly seeded SipHash of it
+//! (one per layer). A call for a known key loads its shard's snapshot
+//! (arc-swap's debt protocol: a few atomic operations on a slot of the
+//! calling thread, no shared cache line written), looks the key up, reads
+//! the clock, and marks the key used with one relaxed load (a store at most
+//! 64 times per `idle_timeout`). No lock is taken for it. Inserting a key (and evicting keys) takes a mutex,
 //! copies the key's shard with the change and swaps it in: **an insert costs
 //! O(n / 64)** in the number of live keys, so a burst of `n` new keys costs
 //! O(n² / 64) in total: 100,000 keys are created in well under a second.
@@ -89,9 +104,11 @@
 //! [`sanitize_label`]: crate::metrics::sanitize_label
 
 use std::borrow::Cow;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -107,11 +124,12 @@ use crate::clock::duration_nanos;
 use crate::error::ConfigError;
 use crate::future::ResponseFuture;
 use crate::layer::Template;
-use crate::metrics::{sanitize_label, ServiceLabel, OVERFLOW_LABEL};
+use crate::metrics::{sanitize_label, LabelBudget, ServiceLabel, OVERFLOW_LABEL};
 use crate::{Builder, CircuitBreakerHandle};
 
-/// The default cap on live keys.
-pub const DEFAULT_MAX_KEYS: usize = 1024;
+/// The default cap on live keys: half the default process-wide label cap,
+/// so two keyed layers with the defaults fit in it.
+pub const DEFAULT_MAX_KEYS: usize = 500;
 
 /// The default time without a call after which a key is evicted.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -384,8 +402,9 @@ impl<K: fmt::Debug, C> fmt::Debug for KeyedBuilder<K, C> {
 }
 
 impl<K, C> KeyedBuilder<K, C> {
-    /// The most keys with a breaker of their own (default 1024); past it,
-    /// keys share the `__overflow__` breaker.
+    /// The most keys with a breaker of their own (default 500), reserved
+    /// from the process-wide label cap at `build`; past it, keys share the
+    /// unjudged `__overflow__` breaker.
     pub fn max_keys(mut self, n: usize) -> Self {
         self.max_keys = n;
         self
@@ -422,11 +441,23 @@ impl<K, C> KeyedBuilder<K, C> {
         let idle = duration_nanos(self.idle_timeout);
         let now = template.clock.now();
         let fallback = sanitize_label(&self.fallback_key).into_boxed_str();
+        let budget = LabelBudget::reserve(self.max_keys);
+        #[cfg(feature = "tracing")]
+        if budget.granted() < self.max_keys {
+            tracing::warn!(
+                max_keys = self.max_keys,
+                granted = budget.granted(),
+                "keyed circuit breaker: the process-wide service label cap has room for fewer \
+                 keys than max_keys; keys past the budget share the unjudged __overflow__ breaker"
+            );
+        }
         Ok(KeyedCircuitBreakerLayer {
             keys: Arc::new(Keys {
                 max_keys: self.max_keys,
-                limit: AtomicUsize::new(self.max_keys),
+                budget,
+                hasher: RandomState::new(),
                 idle,
+                touch_every: (idle / 64).max(1),
                 sweep_every: (idle / 2).max(1),
                 next_sweep: AtomicU64::new(now.saturating_add((idle / 2).max(1))),
                 fallback,
@@ -447,17 +478,17 @@ impl<K, C> KeyedBuilder<K, C> {
 /// One live key.
 struct Entry {
     breaker: Arc<Breaker>,
-    /// Called since the last sweep.
-    touched: AtomicBool,
-    /// When the key was created, or the sweep that last found it touched.
-    seen: AtomicU64,
+    /// When the key was last called (clock nanoseconds), to within
+    /// `touch_every`: written only when it is that much behind, so a busy
+    /// key's entry stays read-mostly.
+    used: AtomicU64,
 }
 
 impl Entry {
     #[inline]
-    fn touch(&self) {
-        if !self.touched.load(Ordering::Relaxed) {
-            self.touched.store(true, Ordering::Relaxed);
+    fn touch(&self, now: u64, every: u64) {
+        if now.saturating_sub(self.used.load(Ordering::Relaxed)) >= every {
+            self.used.store(now, Ordering::Relaxed);
         }
     }
 }
@@ -471,9 +502,14 @@ const SHARDS: usize = 64;
 struct Keys {
     template: Template,
     max_keys: usize,
-    /// `max_keys`, or fewer while the process-wide label cap is exhausted.
-    limit: AtomicUsize,
+    /// The labels reserved for this layer's keys: `max_keys`, or fewer if
+    /// the process-wide cap had less room.
+    budget: LabelBudget,
+    /// Picks a key's shard; seeded at random per layer.
+    hasher: RandomState,
     idle: u64,
+    /// How far behind a key's last-use time may lag (`idle / 64`).
+    touch_every: u64,
     sweep_every: u64,
     next_sweep: AtomicU64,
     fallback: Box<str>,
@@ -508,21 +544,19 @@ impl Keys {
         };
         let map = self.shard(&key).load();
         if let Some(entry) = map.get(&*key) {
-            entry.touch();
+            entry.touch(self.template.clock.now(), self.touch_every);
             return f(&entry.breaker);
         }
         drop(map);
         f(&self.miss(&key))
     }
 
-    /// The shard of `key` (FNV-1a: cheap, and a skewed spread only makes
-    /// inserts into one shard dearer, never lookups wrong).
+    /// The shard of `key`: a seeded hash, so keys a client chooses land
+    /// wherever the seed puts them, not all in one shard (which would make
+    /// every insert copy one ever-growing map).
     #[inline]
     fn shard(&self, key: &str) -> &ArcSwap<Map> {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in key.bytes() {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
+        let hash = self.hasher.hash_one(key);
         &self.shards[(hash % SHARDS as u64) as usize]
     }
 
@@ -544,7 +578,7 @@ impl Keys {
         let guard = self.lock();
         let shard = self.shard(key);
         if let Some(entry) = shard.load().get(key) {
-            entry.touch();
+            entry.touch(now, self.touch_every);
             return entry.breaker.clone();
         }
         if self.full() && now >= self.next_sweep.load(Ordering::Relaxed) {
@@ -553,18 +587,10 @@ impl Keys {
         if self.full() {
             return self.overflow();
         }
-        let label = ServiceLabel::acquire(key);
-        if &**label.value() == OVERFLOW_LABEL {
-            // The process-wide label cap is exhausted: overflow until a sweep.
-            self.limit
-                .store(self.count.load(Ordering::Relaxed), Ordering::Relaxed);
-            return self.overflow();
-        }
-        let breaker = self.template.breaker(label);
+        let breaker = self.template.breaker(ServiceLabel::keyed(key));
         let entry = Arc::new(Entry {
             breaker: breaker.clone(),
-            touched: AtomicBool::new(false),
-            seen: AtomicU64::new(now),
+            used: AtomicU64::new(now),
         });
         let map = shard.load_full();
         let mut next = Map::with_capacity(map.len() + 1);
@@ -590,7 +616,7 @@ impl Keys {
     }
 
     fn full(&self) -> bool {
-        self.count.load(Ordering::Relaxed) >= self.limit.load(Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed) >= self.budget.granted()
     }
 
     fn len(&self) -> usize {
@@ -603,7 +629,7 @@ impl Keys {
 
     fn overflow(&self) -> Arc<Breaker> {
         self.overflow
-            .get_or_init(|| self.template.breaker(ServiceLabel::acquire(OVERFLOW_LABEL)))
+            .get_or_init(|| self.template.unjudged_breaker(ServiceLabel::overflow()))
             .clone()
     }
 
@@ -624,16 +650,12 @@ impl Keys {
     fn sweep(&self, now: u64, _writer: &MutexGuard<'_, ()>) -> usize {
         self.next_sweep
             .store(now.saturating_add(self.sweep_every), Ordering::Relaxed);
-        // Labels freed elsewhere may be available again.
-        self.limit.store(self.max_keys, Ordering::Relaxed);
         let mut evicted = 0;
         for shard in self.shards.iter() {
             let map = shard.load_full();
             let mut idle = Vec::new();
             for (key, entry) in map.iter() {
-                if entry.touched.swap(false, Ordering::Relaxed) {
-                    entry.seen.store(now, Ordering::Relaxed);
-                } else if now.saturating_sub(entry.seen.load(Ordering::Relaxed)) >= self.idle
+                if now.saturating_sub(entry.used.load(Ordering::Relaxed)) >= self.idle
                     // Only the map holds it: no call in flight, no handle out.
                     && Arc::strong_count(&entry.breaker) == 1
                 {
@@ -733,10 +755,17 @@ impl<K, C> KeyedCircuitBreakerLayer<K, C> {
             .map(|b| CircuitBreakerHandle::new(b.clone()))
     }
 
-    /// The number of live keys (never more than `max_keys`; the overflow
-    /// breaker is not counted).
+    /// The number of live keys (never more than the
+    /// [`label_budget`](Self::label_budget); the overflow breaker is not
+    /// counted).
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// How many keys may have a breaker of their own: `max_keys`, or fewer
+    /// if the process-wide label cap had less room when the layer was built.
+    pub fn label_budget(&self) -> usize {
+        self.keys.budget.granted()
     }
 
     /// Whether no key is live.
@@ -745,8 +774,9 @@ impl<K, C> KeyedCircuitBreakerLayer<K, C> {
     }
 
     /// Evicts now every key idle for `idle_timeout` and unreferenced; returns
-    /// how many. Sweeps also happen on their own (see the module docs): call
-    /// this from a timer if calls are too rare to trigger them.
+    /// how many. A key called within the last `idle_timeout × 63/64` is
+    /// never evicted. Sweeps also happen on their own (see the module docs):
+    /// call this from a timer if calls are too rare to trigger them.
     pub fn evict_idle(&self) -> usize {
         let now = self.keys.template.clock.now();
         let guard = self.keys.lock();
@@ -907,9 +937,9 @@ where
         if self.calls % SWEEP_CHECK_EVERY == 0 {
             self.keys.maybe_sweep(self.keys.template.clock.now());
         }
-        let pending = self.keys.with_breaker(self.extractor.key(&req), |breaker| {
-            breaker.begin(breaker.admit())
-        });
+        let pending = self
+            .keys
+            .with_breaker(self.extractor.key(&req), |breaker| breaker.admit());
         match pending {
             Err(error) => ResponseFuture::rejected(error),
             Ok(call) => {
@@ -923,6 +953,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// FNV-1a, the unkeyed hash shards used to be chosen by.
+    fn fnv1a(key: &str) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in key.bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        hash
+    }
+
+    /// Keys a client chose to land in one FNV-1a shard spread over the
+    /// shards: the hash is seeded at random per layer. (With FNV-1a every
+    /// one of them went to shard 0, and each insert copied that one growing
+    /// map: 8,000 such inserts took 19 s instead of half a second.)
+    #[test]
+    fn keys_aimed_at_one_shard_spread_out() {
+        let aimed: Vec<String> = (0u64..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| fnv1a(k) % SHARDS as u64 == 0)
+            .take(640)
+            .collect();
+        let layer = crate::CircuitBreakerLayer::builder()
+            .keyed(key_fn(|req: &String| Some(req.clone())))
+            .max_keys(640)
+            .build()
+            .unwrap();
+        for key in &aimed {
+            layer.keys.with_breaker(Some(Cow::Borrowed(key)), |_| ());
+        }
+        // Other tests of this binary may hold labels of the process-wide cap.
+        assert!(layer.len() >= 320, "{} keys", layer.len());
+        let largest = layer
+            .keys
+            .shards
+            .iter()
+            .map(|shard| shard.load().len())
+            .max()
+            .unwrap();
+        // About 10 a shard; a fair hash stays far below 4x that.
+        assert!(
+            largest < 4 * layer.len() / SHARDS + 8,
+            "a shard holds {largest} of {} keys",
+            layer.len()
+        );
+    }
 
     #[test]
     fn clean_keys_are_their_own_label() {

@@ -20,6 +20,9 @@ use crate::{Backoff, CircuitBreaker, CircuitBreakerHandle, State};
 /// The largest count window.
 pub const MAX_WINDOW_SIZE: usize = 1_000_000;
 
+/// The failure-rate threshold unless set otherwise (resilience4j's default).
+const DEFAULT_FAILURE_RATE: f64 = 0.5;
+
 /// A [`Layer`] that puts a circuit breaker in front of a service.
 ///
 /// Every service this layer wraps shares one breaker: build one layer per
@@ -103,13 +106,18 @@ enum WindowConfig {
 /// Configures a [`CircuitBreakerLayer`]. Setters take and return the builder;
 /// [`build`](Builder::build) checks everything and names the field at fault.
 ///
-/// If no trip policy is set, the failure-rate policy applies at 50%. Once
-/// any policy is set, exactly the policies set apply, and the first to fire
-/// trips the breaker.
+/// The failure-rate policy is always on, at 50% unless
+/// [`failure_rate`](Builder::failure_rate) says otherwise (as in
+/// resilience4j), until [`without_failure_rate`](Builder::without_failure_rate)
+/// turns it off. [`consecutive_failures`](Builder::consecutive_failures) and
+/// [`slow_call_rate`](Builder::slow_call_rate) add policies beside it; the
+/// first policy to fire trips the breaker.
 pub struct Builder<C = DefaultClassifier> {
     name: String,
     consecutive_failures: Option<u32>,
     failure_rate: Option<f64>,
+    /// Turned off by hand: no failure-rate policy at all.
+    failure_rate_off: bool,
     slow_call_rate: Option<f64>,
     slow_call_duration: Option<Duration>,
     window: WindowConfig,
@@ -135,6 +143,7 @@ impl Builder {
             name: "default".to_owned(),
             consecutive_failures: None,
             failure_rate: None,
+            failure_rate_off: false,
             slow_call_rate: None,
             slow_call_duration: None,
             window: WindowConfig::Count(100),
@@ -167,6 +176,7 @@ impl<C> fmt::Debug for Builder<C> {
             .field("name", &self.name)
             .field("consecutive_failures", &self.consecutive_failures)
             .field("failure_rate", &self.failure_rate)
+            .field("failure_rate_off", &self.failure_rate_off)
             .field("slow_call_rate", &self.slow_call_rate)
             .field("slow_call_duration", &self.slow_call_duration)
             .field("window", &self.window)
@@ -199,9 +209,32 @@ impl<C> Builder<C> {
     }
 
     /// Trip when the failure rate over the window reaches `threshold`, in
-    /// `(0, 1]`.
+    /// `(0, 1]` (default 0.5: the policy is on unless turned off).
     pub fn failure_rate(mut self, threshold: f64) -> Self {
         self.failure_rate = Some(threshold);
+        self.failure_rate_off = false;
+        self
+    }
+
+    /// Turns the failure-rate policy off, for a breaker judged only by
+    /// consecutive failures or the slow-call rate. At least one other policy
+    /// must then be set.
+    ///
+    /// ```
+    /// use tower_breaker::CircuitBreakerLayer;
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("streaming")
+    ///     .consecutive_failures(5)
+    ///     .without_failure_rate()
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// assert!(CircuitBreakerLayer::builder().without_failure_rate().build().is_err());
+    /// ```
+    pub fn without_failure_rate(mut self) -> Self {
+        self.failure_rate = None;
+        self.failure_rate_off = true;
         self
     }
 
@@ -344,6 +377,7 @@ impl<C> Builder<C> {
             name: self.name,
             consecutive_failures: self.consecutive_failures,
             failure_rate: self.failure_rate,
+            failure_rate_off: self.failure_rate_off,
             slow_call_rate: self.slow_call_rate,
             slow_call_duration: self.slow_call_duration,
             window: self.window,
@@ -465,16 +499,22 @@ impl<C> Builder<C> {
                 format!("must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {:?}", self.prefix),
             ));
         }
-        let no_policy = self.consecutive_failures.is_none()
-            && self.failure_rate.is_none()
-            && self.slow_call_rate.is_none();
+        let failure_rate = match self.failure_rate_off {
+            true => None,
+            false => Some(self.failure_rate.unwrap_or(DEFAULT_FAILURE_RATE)),
+        };
+        if failure_rate.is_none()
+            && self.consecutive_failures.is_none()
+            && self.slow_call_rate.is_none()
+        {
+            return Err(ConfigError::new(
+                "failure_rate",
+                "is turned off and no other trip policy is set: the breaker could never open",
+            ));
+        }
         let policy = Policy {
             consecutive_failures: self.consecutive_failures,
-            failure_rate: if no_policy {
-                Some(0.5)
-            } else {
-                self.failure_rate
-            },
+            failure_rate,
             slow_call_rate: self.slow_call_rate,
             slow_call_duration: self.slow_call_duration.map(duration_nanos),
             minimum_calls: self.minimum_calls,
@@ -496,7 +536,7 @@ impl<C> Builder<C> {
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
         let (template, classifier) = self.into_template()?;
-        let label = ServiceLabel::acquire(&template.name);
+        let label = ServiceLabel::named(&template.name);
         Ok(CircuitBreakerLayer {
             breaker: template.breaker(label),
             classifier,
@@ -563,6 +603,17 @@ impl Template {
     /// A fresh Closed breaker reporting under `label`, on the dependency
     /// graph as `caller -> label`.
     pub(crate) fn breaker(&self, label: ServiceLabel) -> Arc<Breaker> {
+        self.build_breaker(label, true)
+    }
+
+    /// A breaker that lets every call through unjudged and counts it (it
+    /// starts Disabled): the keyed layer's overflow breaker, so that junk
+    /// keys can never get a genuine key refused.
+    pub(crate) fn unjudged_breaker(&self, label: ServiceLabel) -> Arc<Breaker> {
+        self.build_breaker(label, false)
+    }
+
+    fn build_breaker(&self, label: ServiceLabel, judged: bool) -> Arc<Breaker> {
         let window = match self.window {
             WindowConfig::Count(n) => Window::Count(CountWindow::new(n)),
             WindowConfig::Time { span, buckets } => {
@@ -578,9 +629,18 @@ impl Template {
             .early_warning
             .as_ref()
             .map(|w| w.predictor(&self.machine.policy));
-        let machine = Machine::new(self.machine.clone(), window, seed);
-        let metrics = BreakerMetrics::new(self.names.clone(), label, self.level, |h| {
-            h.set_state(State::Closed);
+        let (machine, state) = match judged {
+            true => (
+                Machine::new(self.machine.clone(), window, seed),
+                State::Closed,
+            ),
+            false => (
+                Machine::unjudged(self.machine.clone(), window, seed),
+                State::Disabled,
+            ),
+        };
+        let metrics = BreakerMetrics::new(self.names.clone(), label, self.level, move |h| {
+            h.set_state(state);
             h.error_rate.set(0.0);
             h.slow_call_rate.set(0.0);
             h.trip_risk.set(0.0);

@@ -74,9 +74,22 @@
 //!
 //! `service` values are sanitized (see [`sanitize_label`]) and counted
 //! against a process-wide cap ([`set_service_limit`], default
-//! [`DEFAULT_SERVICE_LIMIT`]); past the cap new names share the value
-//! [`OVERFLOW_LABEL`] (`__overflow__`). A name is released when the last
-//! breaker using it is dropped; its series then go idle.
+//! [`DEFAULT_SERVICE_LIMIT`]), in two ways:
+//!
+//! - **Named breakers** ([`Builder::name`](crate::Builder::name)) keep their
+//!   name whatever keyed layers do. Only when the distinct names of named
+//!   breakers alone reach the cap do new names share the value
+//!   [`OVERFLOW_LABEL`] (`__overflow__`): a guard against names made from
+//!   request data.
+//! - **Each keyed layer** reserves a budget of labels when it is built: its
+//!   `max_keys`, or what the cap still has room for after the names in use
+//!   and the budgets of other keyed layers (a smaller budget is logged as a
+//!   warning). Its keys use only its own budget, so a flood of made-up keys
+//!   on one layer can take no label from another layer or from a named
+//!   breaker. The budget is returned when the layer is dropped.
+//!
+//! A name is released when the last breaker using it is dropped; its series
+//! then go idle.
 //!
 //! # Cached handles and late recorders
 //!
@@ -92,9 +105,6 @@
 //! A breaker that sees more recorders than it has slots (four) resolves the
 //! extra recorders' handles on every call: correct, only slower.
 //!
-//! Recorders are told apart by address. A local recorder dropped and another
-//! created at the same address is taken for the first one: build a breaker
-//! per local recorder in tests.
 //! Recorders are told apart by address: keep a local recorder alive while
 //! breakers report into it, and do not reuse one breaker across recorders
 //! that live at the same address one after the other (a new recorder on the
@@ -267,45 +277,93 @@ pub fn sanitize_label(value: &str) -> String {
 
 static SERVICE_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_SERVICE_LIMIT);
 
-fn registry() -> &'static Mutex<HashMap<Arc<str>, usize>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<Arc<str>, usize>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+/// Every `service` label in use in the process.
+#[derive(Debug, Default)]
+struct Registry {
+    /// Each label with its holders: (named breakers, keyed breakers).
+    names: HashMap<Arc<str>, (usize, usize)>,
+    /// Labels held by at least one named breaker.
+    named: usize,
+    /// The labels reserved by keyed layers, in all.
+    reserved: usize,
+}
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 /// Sets the process-wide cap on distinct `service` label values (default
-/// 1,000). Names already in use keep their label.
+/// 1,000): the most names of named breakers, and the labels keyed layers
+/// built from now on may reserve (see the [cardinality](self#cardinality)
+/// rules). Names in use keep their label; budgets already reserved stand.
 pub fn set_service_limit(limit: usize) {
     SERVICE_LIMIT.store(limit, Ordering::Relaxed);
 }
 
-/// A `service` label value, counted against the cap while it lives.
+/// A `service` label value, counted in the registry while it lives.
 pub(crate) struct ServiceLabel {
     value: Arc<str>,
-    counted: bool,
+    /// Which holder count it is in: named or keyed; `None` for the
+    /// overflow label, which is not counted.
+    kind: Option<Kind>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Named,
+    Keyed,
 }
 
 impl ServiceLabel {
-    /// Registers `name`, sanitized; past the cap, the overflow label.
-    pub(crate) fn acquire(name: &str) -> Self {
+    /// The label of a named breaker: its name, sanitized; the overflow
+    /// label only if the names of named breakers alone fill the cap.
+    pub(crate) fn named(name: &str) -> Self {
         let clean: Arc<str> = sanitize_label(name).into();
-        let mut names = registry().lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((key, count)) = names.get_key_value(&clean).map(|(k, c)| (k.clone(), *c)) {
-            names.insert(key.clone(), count + 1);
-            return ServiceLabel {
-                value: key,
-                counted: true,
-            };
+        let mut registry = registry();
+        let held = registry.names.get(&clean).map_or(0, |h| h.0);
+        if held == 0 && registry.named >= SERVICE_LIMIT.load(Ordering::Relaxed) {
+            return ServiceLabel::overflow();
         }
-        if names.len() >= SERVICE_LIMIT.load(Ordering::Relaxed) {
-            return ServiceLabel {
-                value: OVERFLOW_LABEL.into(),
-                counted: false,
-            };
-        }
-        names.insert(clean.clone(), 1);
+        ServiceLabel::register(&mut registry, clean, Kind::Named)
+    }
+
+    /// The label of a key, already sanitized, taken from a keyed layer's
+    /// [`LabelBudget`] (the layer counts its keys against it).
+    pub(crate) fn keyed(key: &str) -> Self {
+        let clean: Arc<str> = sanitize_label(key).into();
+        ServiceLabel::register(&mut registry(), clean, Kind::Keyed)
+    }
+
+    /// The shared label of names and keys past their cap; not counted.
+    pub(crate) fn overflow() -> Self {
         ServiceLabel {
-            value: clean,
-            counted: true,
+            value: OVERFLOW_LABEL.into(),
+            kind: None,
+        }
+    }
+
+    fn register(registry: &mut Registry, clean: Arc<str>, kind: Kind) -> Self {
+        let (value, holders) = match registry.names.get_key_value(&clean) {
+            Some((key, holders)) => (key.clone(), *holders),
+            None => (clean, (0, 0)),
+        };
+        let holders = match kind {
+            Kind::Named => {
+                if holders.0 == 0 {
+                    registry.named += 1;
+                }
+                (holders.0 + 1, holders.1)
+            }
+            Kind::Keyed => (holders.0, holders.1 + 1),
+        };
+        registry.names.insert(value.clone(), holders);
+        ServiceLabel {
+            value,
+            kind: Some(kind),
         }
     }
 
@@ -316,15 +374,23 @@ impl ServiceLabel {
 
 impl Drop for ServiceLabel {
     fn drop(&mut self) {
-        if !self.counted {
+        let Some(kind) = self.kind else {
             return;
+        };
+        let mut registry = registry();
+        let Some(holders) = registry.names.get_mut(&self.value) else {
+            return;
+        };
+        match kind {
+            Kind::Named => holders.0 -= 1,
+            Kind::Keyed => holders.1 -= 1,
         }
-        let mut names = registry().lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = names.get_mut(&self.value) {
-            *count -= 1;
-            if *count == 0 {
-                names.remove(&self.value);
-            }
+        let (named, keyed) = *holders;
+        if kind == Kind::Named && named == 0 {
+            registry.named -= 1;
+        }
+        if named == 0 && keyed == 0 {
+            registry.names.remove(&self.value);
         }
     }
 }
@@ -332,6 +398,38 @@ impl Drop for ServiceLabel {
 impl fmt::Debug for ServiceLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("ServiceLabel").field(&self.value).finish()
+    }
+}
+
+/// The labels a keyed layer reserved from the process-wide cap, given
+/// back when it is dropped.
+#[derive(Debug)]
+pub(crate) struct LabelBudget {
+    granted: usize,
+}
+
+impl LabelBudget {
+    /// Reserves up to `wanted` labels: what the cap has room for after the
+    /// names of named breakers and the other layers' budgets.
+    pub(crate) fn reserve(wanted: usize) -> Self {
+        let mut registry = registry();
+        let room = SERVICE_LIMIT
+            .load(Ordering::Relaxed)
+            .saturating_sub(registry.named + registry.reserved);
+        let granted = wanted.min(room);
+        registry.reserved += granted;
+        LabelBudget { granted }
+    }
+
+    /// How many keys may have a label of their own.
+    pub(crate) fn granted(&self) -> usize {
+        self.granted
+    }
+}
+
+impl Drop for LabelBudget {
+    fn drop(&mut self) {
+        registry().reserved -= self.granted;
     }
 }
 

@@ -7,10 +7,9 @@ use std::task::{Context, Poll};
 use tower::BoxError;
 use tower_service::Service;
 
-use crate::breaker::{Breaker, Held};
+use crate::breaker::{Breaker, Ready};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::future::ResponseFuture;
-use crate::state::Ticket;
 use crate::CircuitBreakerHandle;
 
 /// A service behind a circuit breaker. Made by [`CircuitBreakerLayer`].
@@ -19,6 +18,24 @@ use crate::CircuitBreakerHandle;
 /// breaker refuses, `poll_ready` is ready at once without polling the inner
 /// service, and the next `call` fails with [`CircuitOpen`] without calling
 /// it. Clones share the breaker; each clone holds its own readiness.
+///
+/// The decision is re-checked, cheaply, before it is used:
+///
+/// - `call` re-checks a ticket taken in `poll_ready`: if the breaker moved
+///   since (a trip, `force_open()`, a reset), the call is decided again, so
+///   callers that waited for the inner service's readiness (behind
+///   `Buffer`, `ConcurrencyLimit`, a tonic `Channel` under backpressure) are
+///   refused after a trip instead of going through.
+/// - A half-open probe permit is taken by `call`, not by `poll_ready`: a
+///   service made ready and kept, or dropped, without a call holds no
+///   permit, so it can never wedge the breaker half-open.
+/// - Each `poll_ready` decides a refusal afresh: a service made ready while
+///   the breaker refused lets the call through once the breaker has
+///   recovered and it is polled again (as balancers and `Buffer` do). A
+///   refusal taken by `poll_ready` and followed by `call` is delivered by
+///   that `call`, because the inner service was not polled.
+/// - Refusals are counted when `call` delivers them, not when `poll_ready`
+///   decides them.
 ///
 /// [`CircuitBreakerLayer`]: crate::CircuitBreakerLayer
 /// [`CircuitOpen`]: crate::CircuitOpen
@@ -40,10 +57,8 @@ pub struct CircuitBreaker<S, C = DefaultClassifier> {
     inner: S,
     breaker: Arc<Breaker>,
     classifier: C,
-    /// A plain admission, taken in `poll_ready` for `call`: one word.
-    ticket: Option<Ticket>,
-    /// Any other admission: a probe's permit, a shadow call, a refusal.
-    held: Option<Held>,
+    /// The decision `poll_ready` took for `call`.
+    ready: Option<Ready>,
 }
 
 impl<S, C> CircuitBreaker<S, C> {
@@ -52,8 +67,7 @@ impl<S, C> CircuitBreaker<S, C> {
             inner,
             breaker,
             classifier,
-            ticket: None,
-            held: None,
+            ready: None,
         }
     }
 
@@ -72,8 +86,7 @@ impl<S, C> CircuitBreaker<S, C> {
         &mut self.inner
     }
 
-    /// The inner service, unwrapped. A probe permit held by this service is
-    /// given back.
+    /// The inner service, unwrapped.
     pub fn into_inner(self) -> S {
         self.inner
     }
@@ -86,8 +99,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
-            ticket: None,
-            held: None,
+            ready: None,
         }
     }
 }
@@ -112,19 +124,17 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.ticket.is_none() && self.held.is_none() {
-            match self.breaker.admit() {
-                Ok(ticket) => self.ticket = Some(ticket),
-                Err(held) => self.held = Some(held),
-            }
-        }
-        if let Some(Held::Refuse(_)) = self.held {
+        let ready = match self.ready {
+            Some(ready) if self.breaker.still_ready(&ready) => ready,
+            _ => self.breaker.check(),
+        };
+        self.ready = Some(ready);
+        if let Ready::Refuse(_) = ready {
             return Poll::Ready(Ok(()));
         }
         match self.inner.poll_ready(cx) {
             Poll::Ready(Err(e)) => {
-                self.ticket = None;
-                self.held = None;
+                self.ready = None;
                 Poll::Ready(Err(e.into()))
             }
             other => other.map_err(Into::into),
@@ -134,14 +144,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         // Called without poll_ready: decide now, and leave the inner
         // service's readiness contract to the inner service.
-        let admitted = match self.ticket.take() {
-            Some(ticket) => Ok(ticket),
-            None => match self.held.take() {
-                Some(held) => Err(held),
-                None => self.breaker.admit(),
-            },
-        };
-        match self.breaker.begin(admitted) {
+        match self.breaker.start(self.ready.take()) {
             Err(error) => ResponseFuture::rejected(error),
             Ok(call) => {
                 let future = self.inner.call(req);

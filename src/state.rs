@@ -27,11 +27,34 @@
 //! that is dropped, or says nothing ([`Outcome::Ignored`]), gives its permit
 //! back.
 //!
-//! Everything the hot path reads lives in one atomic word: the state, the
-//! override, the half-open permit and success counts, and an epoch that every
-//! transition bumps. A call remembers the epoch it was admitted in; its
-//! outcome counts only if the epoch has not moved on, so a slow call that
-//! started while Closed cannot reopen a breaker that has since recovered.
+//! **Judging.** Every judged outcome that changes the window's totals (or
+//! the failure streak) is evaluated against the policies, a success
+//! included: a window filling up reaches `minimum_calls` with whatever call
+//! comes last. A time window is evaluated at every judged outcome, since old
+//! buckets age out with time alone. A success replacing a success in a full
+//! count window changes nothing, so it is not evaluated (the hot path).
+//!
+//! **Epochs.** Everything the hot path reads lives in one atomic word: the
+//! state, the override, the half-open permit and success counts (12 bits
+//! each), and a 36-bit epoch that every transition bumps. A call remembers
+//! the epoch it was admitted in; its outcome and its Retry-After hint count
+//! only if the epoch has not moved on, so a slow call that started while
+//! Closed cannot reopen a breaker that has since recovered, nor stretch its
+//! next open duration. (A call would have to stay in flight across 2^36
+//! transitions for its epoch to come round again.)
+//!
+//! **Ordering.** Writes to the window, the streak and the hint go through a
+//! writer gate: a writer enters the gate of its epoch, checks the epoch and
+//! writes; a transition bumps the epoch, waits for the old epoch's writers
+//! to leave the gate, and only then resets the window and the streak or
+//! reads a late hint. So no outcome of an old epoch lands in a new one.
+//! Steady-state successes never enter the gate.
+//!
+//! **Admission.** `poll_ready` asks the machine to check: a ticket or a
+//! refusal, with no permit taken and nothing counted; `call` uses a plain
+//! ticket whose epoch is still current (one load), and otherwise asks
+//! for an admission, which takes half-open permits and counts refusals.
+//!
 //! Transitions themselves are rare and take a lock; admission and recording
 //! never do. The machine takes the time as an argument and does no I/O: it
 //! tells an observer about transitions, and the caller turns those into
@@ -199,13 +222,19 @@ pub(crate) trait Observer {
     }
 }
 
-// The state word: | epoch:24 | successes:16 | admitted:16 | unused:4 | mode:2 | machine:2 |
+// The state word: | epoch:36 | successes:12 | admitted:12 | mode:2 | machine:2 |
 const MACHINE_MASK: u64 = 0b11;
 const MODE_SHIFT: u64 = 2;
-const ADMITTED_SHIFT: u64 = 8;
-const SUCCESSES_SHIFT: u64 = 24;
-const EPOCH_SHIFT: u64 = 40;
-const COUNT_MASK: u64 = 0xFFFF;
+const ADMITTED_SHIFT: u64 = 4;
+const SUCCESSES_SHIFT: u64 = 16;
+const EPOCH_SHIFT: u64 = 28;
+const COUNT_MASK: u64 = 0xFFF;
+
+/// The epoch's width: a call would have to stay in flight across 2^36
+/// transitions (about 19 hours of nothing but transitions at one a
+/// microsecond) for its epoch to come round again.
+pub(crate) const EPOCH_BITS: u32 = 36;
+const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
 
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
@@ -223,8 +252,8 @@ pub(crate) const MAX_PERMITS: u32 = COUNT_MASK as u32;
 struct Word(u64);
 
 impl Word {
-    fn new(machine: u64, mode: u64, epoch: u32) -> Self {
-        Word(machine | mode << MODE_SHIFT | u64::from(epoch) << EPOCH_SHIFT)
+    fn new(machine: u64, mode: u64, epoch: u64) -> Self {
+        Word(machine | mode << MODE_SHIFT | (epoch & EPOCH_MASK) << EPOCH_SHIFT)
     }
     #[inline]
     fn machine(self) -> u64 {
@@ -241,8 +270,8 @@ impl Word {
         ((self.0 >> SUCCESSES_SHIFT) & COUNT_MASK) as u32
     }
     #[inline]
-    fn epoch(self) -> u32 {
-        (self.0 >> EPOCH_SHIFT) as u32
+    fn epoch(self) -> u64 {
+        self.0 >> EPOCH_SHIFT
     }
     fn machine_state(self) -> State {
         match self.machine() {
@@ -278,22 +307,26 @@ pub(crate) enum Target {
 pub(crate) struct Ticket(NonZeroU64);
 
 /// Ticket bits: the low bit is always set (so `Option<Ticket>` is one word),
-/// then the probe and judged flags; the epoch is the high half. One word, so
-/// the service stores and reloads it whole between `poll_ready` and `call`.
+/// then the probe, judged and deferred flags; the epoch sits at the same
+/// bits as in the state word, so one XOR and shift compares them. One word,
+/// so the service stores and reloads it whole between `poll_ready` and
+/// `call`.
 const TICKET_SET: u64 = 1;
 const TICKET_PROBE: u64 = 1 << 1;
 const TICKET_JUDGED: u64 = 1 << 2;
+/// Taken by `poll_ready` where `call` must still ask the machine (a
+/// half-open probe permit, a shadow-mode call).
+const TICKET_DEFERRED: u64 = 1 << 3;
 
 impl Ticket {
     #[inline]
-    fn new(epoch: u32, probe: bool, judged: bool) -> Self {
-        let flags = if probe { TICKET_PROBE } else { 0 } | if judged { TICKET_JUDGED } else { 0 };
-        Ticket(NonZeroU64::MIN | (u64::from(epoch) << 32 | flags | TICKET_SET))
+    fn new(epoch: u64, flags: u64) -> Self {
+        Ticket(NonZeroU64::MIN | ((epoch & EPOCH_MASK) << EPOCH_SHIFT | flags | TICKET_SET))
     }
 
     #[inline]
-    fn epoch(self) -> u32 {
-        (self.0.get() >> 32) as u32
+    fn epoch(self) -> u64 {
+        self.0.get() >> EPOCH_SHIFT
     }
 
     /// Whether this call is a half-open probe.
@@ -319,6 +352,14 @@ pub(crate) enum Admission {
         state: State,
         retry_after: Option<Duration>,
     },
+}
+
+/// A refusal decided in `poll_ready`, delivered (and counted) by `call`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) state: State,
+    /// When Open: the clock time the open duration ends.
+    open_until: u64,
 }
 
 /// Half-open settings.
@@ -353,8 +394,16 @@ pub(crate) struct Machine {
     word: CachePadded<AtomicU64>,
     open_until: AtomicU64,
     phase_since: AtomicU64,
+    /// Failures in a row; written only inside the writer gate.
     consecutive: AtomicU32,
+    /// A server's hint for the next open duration (nanoseconds, 0 for none);
+    /// written only inside the writer gate, so it belongs to one epoch.
     hint: AtomicU64,
+    /// The writer gate: outcomes that change the window, the streak or the
+    /// hint of epoch `e` hold `writers[e & 1]` while they check the epoch
+    /// and write. A transition bumps the epoch, then waits for the old
+    /// epoch's writers to leave before it resets or reads what they write.
+    writers: [AtomicU32; 2],
     rejected: AtomicU64,
     shadow_rejected: AtomicU64,
     window: Window,
@@ -371,6 +420,7 @@ impl Machine {
             phase_since: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             hint: AtomicU64::new(0),
+            writers: [AtomicU32::new(0), AtomicU32::new(0)],
             rejected: AtomicU64::new(0),
             shadow_rejected: AtomicU64::new(0),
             window,
@@ -378,6 +428,25 @@ impl Machine {
             jitter: Jitter::new(seed),
             episode: Mutex::new(Episode::default()),
         }
+    }
+
+    /// A machine that lets every call through unjudged (the Disabled
+    /// override from the start, with no transition): the keyed layer's
+    /// overflow breaker.
+    pub(crate) fn unjudged(config: MachineConfig, window: Window, seed: u64) -> Self {
+        let machine = Machine::new(config, window, seed);
+        machine
+            .word
+            .store(Word::new(CLOSED, DISABLED, 0).0, Ordering::Release);
+        machine
+    }
+
+    /// Starts at `epoch`, to test what happens where the epoch is large.
+    #[cfg(test)]
+    fn at_epoch(self, epoch: u64) -> Self {
+        self.word
+            .store(Word::new(CLOSED, NORMAL, epoch).0, Ordering::Release);
+        self
     }
 
     #[inline]
@@ -403,12 +472,122 @@ impl Machine {
         &self.config.policy
     }
 
-    /// Decides whether a call may go through. `now` is read only if needed.
+    /// Whether a plain ticket taken by `poll_ready` still stands: no
+    /// transition since, and nothing left for `call` to ask. One load.
+    #[inline]
+    pub(crate) fn stands(&self, ticket: Ticket) -> bool {
+        let t = ticket.0.get();
+        t & TICKET_DEFERRED == 0 && (self.word.load(Ordering::Acquire) ^ t) >> EPOCH_SHIFT == 0
+    }
+
+    /// Whether the epoch a ticket was taken in is still the current one.
+    #[inline]
+    pub(crate) fn is_current(&self, ticket: Ticket) -> bool {
+        (self.word.load(Ordering::Acquire) ^ ticket.0.get()) >> EPOCH_SHIFT == 0
+    }
+
+    /// The decision of `poll_ready`: a ticket, or a refusal. Takes no
+    /// permit and counts nothing: a service made ready and never called
+    /// holds nothing. A half-open probe permit and a shadow-mode call are
+    /// decided by [`admit`](Self::admit) at `call` (a deferred ticket).
+    #[inline]
+    pub(crate) fn check(
+        &self,
+        now: impl Fn() -> u64,
+        obs: &dyn Observer,
+    ) -> Result<Ticket, Refusal> {
+        let w = self.load();
+        if w.machine() == CLOSED && w.mode() == NORMAL {
+            return Ok(Ticket::new(w.epoch(), TICKET_JUDGED));
+        }
+        self.check_slow(now, obs)
+    }
+
+    #[cold]
+    fn check_slow(&self, now: impl Fn() -> u64, obs: &dyn Observer) -> Result<Ticket, Refusal> {
+        loop {
+            let w = self.load();
+            let epoch = w.epoch();
+            let refusal = |state| Refusal {
+                state,
+                open_until: 0,
+            };
+            match w.mode() {
+                DISABLED => return Ok(Ticket::new(epoch, 0)),
+                FORCED_OPEN => return Err(refusal(State::ForcedOpen)),
+                METRICS_ONLY => return Ok(Ticket::new(epoch, TICKET_DEFERRED)),
+                _ => {}
+            }
+            match w.machine() {
+                CLOSED => return Ok(Ticket::new(epoch, TICKET_JUDGED)),
+                OPEN => {
+                    let now = now();
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now >= until {
+                        self.transition(
+                            Some(epoch),
+                            Target::HalfOpen,
+                            Reason::TimeoutElapsed,
+                            now,
+                            obs,
+                        );
+                        continue;
+                    }
+                    return Err(Refusal {
+                        state: State::Open,
+                        open_until: until,
+                    });
+                }
+                _ => {
+                    if self.max_wait_elapsed(w, &now, obs) {
+                        continue;
+                    }
+                    if w.admitted() >= self.config.half_open.permits {
+                        return Err(refusal(State::HalfOpen));
+                    }
+                    return Ok(Ticket::new(epoch, TICKET_DEFERRED));
+                }
+            }
+        }
+    }
+
+    /// Counts a refusal decided by [`check`](Self::check) as `call` delivers
+    /// it; returns its `retry_after`.
+    pub(crate) fn refuse(&self, refusal: Refusal, now: impl Fn() -> u64) -> Option<Duration> {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        (refusal.state == State::Open)
+            .then(|| Duration::from_nanos(refusal.open_until.saturating_sub(now())))
+    }
+
+    /// In half-open with a maximum wait: reopens if it has elapsed. Returns
+    /// whether the machine moved (the caller looks again).
+    fn max_wait_elapsed(&self, w: Word, now: &impl Fn() -> u64, obs: &dyn Observer) -> bool {
+        let Some(max_wait) = self.config.half_open.max_wait else {
+            return false;
+        };
+        let now = now();
+        let since = self.phase_since.load(Ordering::Acquire);
+        if now.saturating_sub(since) < max_wait {
+            return false;
+        }
+        self.transition(
+            Some(w.epoch()),
+            Target::Open,
+            Reason::MaxWaitElapsed,
+            now,
+            obs,
+        );
+        true
+    }
+
+    /// Decides whether a call may go through now, taking a half-open probe
+    /// permit if it is one and counting a refusal. `now` is read only if
+    /// needed.
     #[inline]
     pub(crate) fn admit(&self, now: impl Fn() -> u64, obs: &dyn Observer) -> Admission {
         let w = self.load();
         if w.machine() == CLOSED && w.mode() == NORMAL {
-            return Admission::Permitted(Ticket::new(w.epoch(), false, true));
+            return Admission::Permitted(Ticket::new(w.epoch(), TICKET_JUDGED));
         }
         self.admit_slow(now, obs)
     }
@@ -418,10 +597,10 @@ impl Machine {
         loop {
             let w = self.load();
             let epoch = w.epoch();
-            let ticket = Ticket::new(epoch, false, true);
+            let ticket = Ticket::new(epoch, TICKET_JUDGED);
             match w.mode() {
                 DISABLED => {
-                    return Admission::Permitted(Ticket::new(epoch, false, false));
+                    return Admission::Permitted(Ticket::new(epoch, 0));
                 }
                 FORCED_OPEN => {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
@@ -436,7 +615,7 @@ impl Machine {
             let refused = |state: State, retry_after: Option<Duration>| {
                 if shadow {
                     self.shadow_rejected.fetch_add(1, Ordering::Relaxed);
-                    Admission::Shadow(Ticket::new(epoch, false, false))
+                    Admission::Shadow(Ticket::new(epoch, 0))
                 } else {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
                     Admission::Rejected { state, retry_after }
@@ -460,19 +639,8 @@ impl Machine {
                     return refused(State::Open, Some(Duration::from_nanos(until - now)));
                 }
                 _ => {
-                    if let Some(max_wait) = self.config.half_open.max_wait {
-                        let now = now();
-                        let since = self.phase_since.load(Ordering::Acquire);
-                        if now.saturating_sub(since) >= max_wait {
-                            self.transition(
-                                Some(epoch),
-                                Target::Open,
-                                Reason::MaxWaitElapsed,
-                                now,
-                                obs,
-                            );
-                            continue;
-                        }
+                    if self.max_wait_elapsed(w, &now, obs) {
+                        continue;
                     }
                     if w.admitted() >= self.config.half_open.permits {
                         return refused(State::HalfOpen, None);
@@ -483,9 +651,48 @@ impl Machine {
                         .compare_exchange(w.0, next, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
-                        return Admission::Permitted(Ticket::new(epoch, true, true));
+                        return Admission::Permitted(Ticket::new(
+                            epoch,
+                            TICKET_JUDGED | TICKET_PROBE,
+                        ));
                     }
                 }
+            }
+        }
+    }
+
+    /// Runs `write` (with the state word) if the ticket's epoch is current,
+    /// inside the writer gate: a transition that ends this epoch waits for
+    /// `write` to finish before it resets or reads what `write` wrote, and a
+    /// `write` that starts after the transition sees the new epoch and does
+    /// not run. `write` must not transition.
+    ///
+    /// Why it holds: the gate increment and the epoch check are SeqCst, and
+    /// so are the transition's epoch bump and its read of the gate. Either
+    /// the increment comes first in that single order, and the transition
+    /// sees it and waits; or the bump does, and the check sees the new epoch.
+    #[inline]
+    fn gated<R>(&self, ticket: Ticket, write: impl FnOnce(Word) -> R) -> Option<R> {
+        let gate = &self.writers[(ticket.epoch() & 1) as usize];
+        gate.fetch_add(1, Ordering::SeqCst);
+        let w = Word(self.word.load(Ordering::SeqCst));
+        let result = (w.epoch() == ticket.epoch()).then(|| write(w));
+        gate.fetch_sub(1, Ordering::Release);
+        result
+    }
+
+    /// Waits for the writers of `epoch` to leave the gate. Called by a
+    /// transition after it bumped the epoch past `epoch`: writers hold the
+    /// gate for a few atomic operations, never across a lock or a call.
+    fn drain(&self, epoch: u64) {
+        let gate = &self.writers[(epoch & 1) as usize];
+        let mut spins = 0u32;
+        while gate.load(Ordering::SeqCst) != 0 {
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
             }
         }
     }
@@ -493,7 +700,9 @@ impl Machine {
     /// The hot path of [`record`](Self::record): the success of a plain
     /// call (judged, not a probe) in Closed, with no streak and no hint to
     /// clear, in a count window. `None` when any of that does not hold, and
-    /// nothing was recorded; otherwise whether the window's totals changed.
+    /// nothing was recorded; otherwise whether the window's totals changed
+    /// (then the caller must [`evaluate`](Self::evaluate): a window still
+    /// filling up may just have reached the minimum of calls).
     #[inline]
     pub(crate) fn record_plain_success(&self, ticket: Ticket) -> Option<bool> {
         if ticket.0.get() & (TICKET_PROBE | TICKET_JUDGED) != TICKET_JUDGED {
@@ -507,13 +716,37 @@ impl Machine {
             return None;
         }
         match &self.window {
-            Window::Count(window) => Some(window.record(Sample::SUCCESS)),
+            Window::Count(window) => {
+                let slot = window.next_slot();
+                // The steady state: a success replacing a success changes
+                // nothing and writes nothing.
+                if window.holds(slot, Sample::SUCCESS) {
+                    return Some(false);
+                }
+                Some(self.write_success(ticket, slot))
+            }
             Window::Time(_) => None,
         }
     }
 
+    /// A success that changes the count window: written inside the gate.
+    #[cold]
+    #[inline(never)]
+    fn write_success(&self, ticket: Ticket, slot: usize) -> bool {
+        let Window::Count(window) = &self.window else {
+            return false;
+        };
+        self.gated(ticket, |w| {
+            w.machine() == CLOSED && window.replace(slot, Sample::SUCCESS)
+        })
+        .unwrap_or(false)
+    }
+
     /// Records a call's outcome. Returns whether the window's totals or the
     /// failure streak changed (the rates and trip risk need refreshing).
+    /// Every judged outcome that changes the totals is evaluated against the
+    /// policies (in a time window, every judged outcome: old buckets age
+    /// out and the minimum may be reached with time alone).
     #[inline]
     pub(crate) fn record(
         &self,
@@ -526,24 +759,29 @@ impl Machine {
         if !ticket.is_judged() {
             return false;
         }
-        let w = self.load();
-        if w.epoch() != ticket.epoch() {
-            return false;
-        }
         let slow = self.config.policy.is_slow(elapsed);
         if ticket.is_probe() {
-            self.record_probe(ticket, outcome, slow, now, obs);
+            if self.is_current(ticket) {
+                self.record_probe(ticket, outcome, slow, now, obs);
+            }
             return false;
         }
-        if w.machine() != CLOSED {
-            return false;
-        }
-        // A streak that starts, grows or ends changes the consecutive
-        // policy's trip risk even when the window's totals stay the same.
-        let mut streak_changed = false;
-        let (failure, consecutive) = match outcome {
+        let failure = match outcome {
             Outcome::Ignored => return false,
-            Outcome::Success => {
+            Outcome::Success => false,
+            Outcome::Failure(_) => true,
+        };
+        let written = self.gated(ticket, |w| {
+            if w.machine() != CLOSED {
+                return false;
+            }
+            // A streak that starts, grows or ends changes the consecutive
+            // policy's trip risk even when the window's totals stay the same.
+            let mut streak_changed = false;
+            if failure {
+                self.consecutive.fetch_add(1, Ordering::AcqRel);
+                streak_changed = true;
+            } else {
                 if self.consecutive.load(Ordering::Relaxed) != 0 {
                     self.consecutive.store(0, Ordering::Relaxed);
                     streak_changed = true;
@@ -553,21 +791,30 @@ impl Machine {
                 if self.hint.load(Ordering::Relaxed) != 0 {
                     self.hint.store(0, Ordering::Relaxed);
                 }
-                (false, 0)
             }
-            Outcome::Failure(_) => {
-                streak_changed = true;
-                (true, self.consecutive.fetch_add(1, Ordering::AcqRel) + 1)
-            }
+            self.window.record(Sample { failure, slow }, now) || streak_changed
+        });
+        let Some(changed) = written else {
+            return false;
         };
-        let changed = self.window.record(Sample { failure, slow }, now) || streak_changed;
-        if failure || slow {
-            let counts = self.window.counts(now);
-            if let Some(reason) = self.config.policy.evaluate(&counts, consecutive) {
-                self.transition(Some(ticket.epoch()), Target::Open, reason, now, obs);
-            }
+        if changed || self.window.needs_time() {
+            self.evaluate(ticket, now, obs);
         }
         changed
+    }
+
+    /// Trips if a policy says so, while the ticket's epoch is current and
+    /// the machine Closed.
+    pub(crate) fn evaluate(&self, ticket: Ticket, now: u64, obs: &dyn Observer) {
+        let w = self.load();
+        if w.epoch() != ticket.epoch() || w.machine() != CLOSED {
+            return;
+        }
+        let counts = self.window.counts(now);
+        let consecutive = self.consecutive.load(Ordering::Acquire);
+        if let Some(reason) = self.config.policy.evaluate(&counts, consecutive) {
+            self.transition(Some(ticket.epoch()), Target::Open, reason, now, obs);
+        }
     }
 
     fn record_probe(
@@ -635,18 +882,29 @@ impl Machine {
             });
     }
 
-    /// Remembers a server's hint (Retry-After) for the next open duration,
-    /// until a success in Closed makes it stale.
-    pub(crate) fn hint(&self, retry_after: Duration) {
+    /// Remembers a server's hint (Retry-After) for the next open duration:
+    /// only from a judged call of the current epoch, and only until the
+    /// epoch ends (the transition that ends it uses it if it opens) or a
+    /// success in Closed makes it stale.
+    pub(crate) fn hint(&self, ticket: Ticket, retry_after: Duration) {
+        if !ticket.is_judged() {
+            return;
+        }
         let nanos = hint_nanos(retry_after, self.config.retry_after_cap).max(1);
-        self.hint.store(nanos, Ordering::Release);
+        self.gated(ticket, |_| self.hint.store(nanos, Ordering::Release));
     }
 
     /// Moves the machine, unless `expect` is given and the epoch has moved on.
     /// Returns whether this call made the transition.
+    ///
+    /// The order matters: the epoch is bumped first (outcomes of the old
+    /// epoch are ignored from then on), then the transition waits for the
+    /// old epoch's writers still inside the gate, and only then resets the
+    /// window, the streak and the hint, or reads a late hint. So no outcome
+    /// of an old epoch lands in a new one.
     pub(crate) fn transition(
         &self,
-        expect: Option<u32>,
+        expect: Option<u64>,
         target: Target,
         reason: Reason,
         now: u64,
@@ -685,13 +943,38 @@ impl Machine {
                 );
                 open_for = Some(d);
             }
+            self.phase_since.store(now, Ordering::Release);
+            // Only permit and success counts change outside the lock, and they
+            // are reset here, so retry until the word is ours.
+            let next = loop {
+                let next = Word::new(machine, mode, w.epoch().wrapping_add(1));
+                match self
+                    .word
+                    .compare_exchange(w.0, next.0, Ordering::SeqCst, Ordering::Acquire)
+                {
+                    Ok(_) => break next,
+                    Err(actual) => w = Word(actual),
+                }
+            };
+            self.drain(w.epoch());
+            // A hint is one epoch's: given by a call that was still inside
+            // the gate when the epoch ended, it counts for this opening;
+            // otherwise it goes.
+            let late = self.hint.swap(0, Ordering::AcqRel);
+            if let (Some(d), true) = (open_for, late != 0) {
+                let d = d.max(Duration::from_nanos(late));
+                self.open_until.store(
+                    now.saturating_add(crate::clock::duration_nanos(d)),
+                    Ordering::Release,
+                );
+                open_for = Some(d);
+            }
             if machine == CLOSED
                 && (w.machine() != CLOSED
                     || matches!(target, Target::Closed | Target::Reset | Target::MetricsOnly))
             {
                 self.window.clear();
                 self.consecutive.store(0, Ordering::Release);
-                self.hint.store(0, Ordering::Release);
                 episode.attempt = 0;
             }
             if target == Target::Reset {
@@ -699,19 +982,6 @@ impl Machine {
                 self.rejected.store(0, Ordering::Release);
                 self.shadow_rejected.store(0, Ordering::Release);
             }
-            self.phase_since.store(now, Ordering::Release);
-            // Only permit and success counts change outside the lock, and they
-            // are reset here, so retry until the word is ours.
-            let next = loop {
-                let next = Word::new(machine, mode, w.epoch().wrapping_add(1) & 0xFF_FFFF);
-                match self
-                    .word
-                    .compare_exchange(w.0, next.0, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => break next,
-                    Err(actual) => w = Word(actual),
-                }
-            };
             let shadow = w.mode() == METRICS_ONLY && next.mode() == METRICS_ONLY;
             let (from, to) = if shadow {
                 (w.machine_state(), next.machine_state())
@@ -779,5 +1049,135 @@ impl Machine {
                 1.0
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::FailureKind;
+    use crate::window::CountWindow;
+
+    struct Quiet;
+
+    impl Observer for Quiet {
+        fn on_transition_locked(&self, _: &StateChange) {}
+        fn on_transition(&self, _: StateChange) {}
+    }
+
+    fn machine(consecutive: u32) -> Machine {
+        let config = MachineConfig {
+            policy: Policy {
+                consecutive_failures: Some(consecutive),
+                failure_rate: None,
+                slow_call_rate: None,
+                slow_call_duration: None,
+                minimum_calls: 1,
+            },
+            half_open: HalfOpen {
+                permits: 1,
+                successes: 1,
+                max_wait: None,
+            },
+            backoff: Backoff::fixed(Duration::from_secs(5)),
+            retry_after_cap: Duration::from_secs(300),
+        };
+        Machine::new(config, Window::Count(CountWindow::new(10)), 7)
+    }
+
+    fn ticket(m: &Machine) -> Ticket {
+        match m.admit(|| 0, &Quiet) {
+            Admission::Permitted(ticket) => ticket,
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
+    const FAILED: Outcome = Outcome::Failure(FailureKind::ERROR);
+
+    /// A call in flight across 2^24 transitions: with the old 24-bit epoch
+    /// the epoch came round again, the call was judged current, and its
+    /// late failure tripped the breaker.
+    #[test]
+    fn an_epoch_does_not_come_round_after_2_pow_24_transitions() {
+        let m = machine(1);
+        let old = ticket(&m);
+        let m = m.at_epoch(old.epoch() + (1 << 24));
+        assert!(!m.is_current(old));
+        assert!(!m.record(old, FAILED, 0, 0, &Quiet));
+        assert_eq!(m.state(), State::Closed, "a stale failure must not trip");
+        // The epoch carries past 2^24 and 2^32 in the word and the ticket.
+        for start in [(1u64 << 24) - 1, (1u64 << 32) - 1, EPOCH_MASK - 1] {
+            let m = machine(1).at_epoch(start);
+            assert!(m.transition(None, Target::Disabled, Reason::Manual, 0, &Quiet));
+            assert!(m.transition(None, Target::Closed, Reason::Manual, 0, &Quiet));
+            let t = ticket(&m);
+            assert_eq!(t.epoch(), (start + 2) & EPOCH_MASK);
+            assert!(m.is_current(t) && m.stands(t));
+            m.record(t, FAILED, 0, 0, &Quiet);
+            assert_eq!(m.state(), State::Open, "from epoch {start}");
+        }
+    }
+
+    /// A Retry-After hint from a call of an older epoch, or an unjudged
+    /// one, must not stretch the next open duration.
+    #[test]
+    fn hints_count_only_in_their_own_epoch() {
+        let m = machine(1);
+        let old = ticket(&m);
+        m.transition(None, Target::Disabled, Reason::Manual, 0, &Quiet);
+        let unjudged = ticket(&m);
+        m.hint(unjudged, Duration::from_secs(200));
+        m.transition(None, Target::Closed, Reason::Manual, 0, &Quiet);
+        m.hint(old, Duration::from_secs(100));
+        m.record(ticket(&m), FAILED, 0, 0, &Quiet);
+        assert_eq!(m.snapshot(0).open_remaining, Some(Duration::from_secs(5)));
+
+        // A current call's hint counts, and ends with its epoch.
+        let m = machine(1);
+        let current = ticket(&m);
+        m.hint(current, Duration::from_secs(100));
+        m.record(current, FAILED, 0, 0, &Quiet);
+        assert_eq!(m.snapshot(0).open_remaining, Some(Duration::from_secs(100)));
+    }
+
+    /// An outcome writing while a transition ends its epoch cannot land in
+    /// the new epoch: the transition bumps the epoch, waits for the writers
+    /// still inside the gate, and only then clears. Here the write comes
+    /// after the bump (the transition is parked waiting for it), so with the
+    /// old order (clear, then bump, no wait) it would have survived.
+    #[test]
+    fn a_write_racing_a_transition_never_lands_in_the_new_epoch() {
+        let m = Arc::new(machine(100));
+        let t = ticket(&m);
+        let written = m.gated(t, |_| {
+            let transition = {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    m.transition(None, Target::Closed, Reason::Manual, 0, &Quiet)
+                })
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while m.is_current(t) {
+                assert!(std::time::Instant::now() < deadline, "no transition");
+                std::thread::yield_now();
+            }
+            // The epoch has moved on, and the transition waits for us.
+            assert!(!transition.is_finished());
+            m.consecutive.fetch_add(1, Ordering::AcqRel);
+            m.window.record(
+                Sample {
+                    failure: true,
+                    slow: false,
+                },
+                0,
+            );
+            transition
+        });
+        assert!(written.expect("current when it entered").join().unwrap());
+        let snapshot = m.snapshot(0);
+        assert_eq!((snapshot.calls, snapshot.failures), (0, 0));
+        assert_eq!(snapshot.consecutive_failures, 0);
+        // After the bump, the gate turns old tickets away.
+        assert_eq!(m.gated(t, |_| ()), None);
     }
 }

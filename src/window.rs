@@ -147,15 +147,32 @@ impl CountWindow {
 
     #[inline]
     pub(crate) fn record(&self, sample: Sample) -> bool {
-        let i = self.slot(self.cursor.fetch_add(1, Ordering::Relaxed));
-        let new = sample.encode();
-        // The steady state: a sample replacing its twin changes nothing, so
-        // skip the write. (Should another writer change the slot meanwhile,
-        // its sample stands in for this one: the totals still match the slots.)
-        if self.slots[i].load(Ordering::Relaxed) == new {
+        let i = self.next_slot();
+        if self.holds(i, sample) {
             return false;
         }
-        self.replace(i, new)
+        self.replace(i, sample)
+    }
+
+    /// Takes the slot the next sample goes to.
+    #[inline]
+    pub(crate) fn next_slot(&self) -> usize {
+        self.slot(self.cursor.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether `slot` holds `sample` already. The steady state: a sample
+    /// replacing its twin changes nothing, so the write is skipped. (Should
+    /// another writer change the slot meanwhile, its sample stands in for
+    /// this one: the totals still match the slots.)
+    #[inline]
+    pub(crate) fn holds(&self, slot: usize, sample: Sample) -> bool {
+        self.slots[slot].load(Ordering::Relaxed) == sample.encode()
+    }
+
+    /// Puts `sample` in `slot`; returns whether the totals changed.
+    #[inline]
+    pub(crate) fn replace(&self, slot: usize, sample: Sample) -> bool {
+        self.swap(slot, sample.encode())
     }
 
     /// `cursor % len` without a division (Lemire's fastmod for 32-bit
@@ -168,7 +185,7 @@ impl CountWindow {
     }
 
     #[inline]
-    fn replace(&self, slot: usize, new: u8) -> bool {
+    fn swap(&self, slot: usize, new: u8) -> bool {
         let old = self.slots[slot].swap(new, Ordering::AcqRel);
         if old == new {
             return false;
@@ -198,7 +215,7 @@ impl CountWindow {
 
     fn clear(&self) {
         for slot in 0..self.slots.len() {
-            self.replace(slot, 0);
+            self.swap(slot, 0);
         }
     }
 }

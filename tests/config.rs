@@ -31,6 +31,8 @@ fn invalid_settings_name_their_field() {
             "slow_call_duration",
         ),
         (b().consecutive_failures(0), "consecutive_failures"),
+        // No policy left: the breaker could never open.
+        (b().without_failure_rate(), "failure_rate"),
         (b().minimum_calls(0), "minimum_calls"),
         (b().count_window(0), "count_window"),
         (b().count_window(MAX_WINDOW_SIZE + 1), "count_window"),

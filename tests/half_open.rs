@@ -183,19 +183,77 @@ async fn a_dropped_probe_returns_its_permit() {
     assert_eq!(handle.state(), State::Closed);
 }
 
+/// `poll_ready` takes no probe permit: `call` does. A service made ready
+/// and then kept (or dropped, or unwrapped) without a call holds nothing,
+/// so under the default configuration (no maximum half-open wait) it can
+/// never wedge the breaker half-open. (It used to: the permit taken in
+/// `poll_ready` stayed with the kept service, and every other caller was
+/// refused for as long as it lived.)
 #[tokio::test(start_paused = true)]
-async fn a_ready_service_dropped_before_call_returns_its_permit() {
-    let layer = layer("h-ready-drop", 1);
+async fn a_ready_service_kept_without_call_holds_no_permit() {
+    let layer = CircuitBreakerLayer::builder()
+        .name("h-ready-kept")
+        .clock(Clock::tokio())
+        .consecutive_failures(1)
+        .half_open_permits(1)
+        .open_duration(Backoff::fixed(Duration::from_secs(1)))
+        .build()
+        .unwrap();
     trip(&layer).await;
     let handle = layer.handle();
+    let mut kept = layer.layer(Upstream::default().service());
+    kept.ready().await.unwrap();
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(handle.snapshot().half_open_probes, 0);
+
+    // A day later, another caller still gets the probe and closes it.
+    tokio::time::advance(Duration::from_secs(24 * 3600)).await;
+    let mut other = layer.layer(Upstream::default().service());
+    assert_eq!(send(&mut other, Call::Ok).await, support::Seen::Ok);
+    assert_eq!(handle.state(), State::Closed);
+
+    // The kept service's call, long after, is judged in the breaker's
+    // current state (Closed): it goes through.
+    assert_eq!(send(&mut kept, Call::Ok).await, support::Seen::Ok);
+
+    // Dropped or unwrapped after `poll_ready`, a service gives nothing back
+    // because it took nothing.
+    trip(&layer).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
     let mut svc = layer.layer(Upstream::default().service());
     svc.ready().await.unwrap();
-    assert_eq!(handle.snapshot().half_open_probes, 1);
     drop(svc);
-    assert_eq!(handle.snapshot().half_open_probes, 0);
-    // into_inner gives it back too.
     let mut svc = layer.layer(Upstream::default().service());
     svc.ready().await.unwrap();
     let _inner = svc.into_inner();
+    assert_eq!(handle.state(), State::HalfOpen);
     assert_eq!(handle.snapshot().half_open_probes, 0);
+}
+
+/// The permit is taken at `call`: two services made ready in half-open with
+/// one permit both pass `poll_ready`, and the second `call` is refused.
+#[tokio::test(start_paused = true)]
+async fn the_probe_permit_is_taken_at_call() {
+    let layer = layer("h-permit-at-call", 1);
+    trip(&layer).await;
+    let gate = Gate::default();
+    let mut first = layer.layer(gate.service());
+    let mut second = layer.layer(gate.service());
+    first.ready().await.unwrap();
+    second.ready().await.unwrap();
+    let probe = tokio::spawn(first.call(()));
+    let err = second.call(()).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(
+        err.downcast_ref::<CircuitOpen>().unwrap().state(),
+        State::HalfOpen
+    );
+    assert_eq!(gate.called.load(Ordering::SeqCst), 1);
+    gate.release.notify_waiters();
+    while gate.entered.load(Ordering::SeqCst) < 1 {
+        tokio::task::yield_now().await;
+    }
+    gate.release.notify_waiters();
+    probe.await.unwrap().unwrap();
+    assert_eq!(layer.handle().state(), State::Closed);
 }

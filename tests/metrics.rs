@@ -56,6 +56,7 @@ async fn series_exist_from_construction() {
         m.label_sets(&name("transitions_total")),
         sets(&[
             "from=closed,reason=consecutive_failures,service=fresh,to=open",
+            "from=closed,reason=failure_rate,service=fresh,to=open",
             "from=closed,reason=slow_call_rate,service=fresh,to=open",
             "from=half_open,reason=probe_failed,service=fresh,to=open",
             "from=half_open,reason=probe_succeeded,service=fresh,to=closed",
@@ -247,16 +248,17 @@ async fn trip_reject_half_open_recover() {
     assert_eq!(requests(&m, "failure"), 4);
     assert_close(m.gauge(&name("trip_risk"), &svc_l), 1.0);
 
-    // 4. Open again for 10 s; then one probe is admitted and holds the only
-    //    permit, so a second caller is refused by half-open.
+    // 4. Open again for 10 s; then one probe is called and holds the only
+    //    permit (taken by `call`), so a second caller is refused by half-open.
     manual.advance(secs(10));
     let mut probe = svc.clone();
     probe.ready().await.unwrap();
     m.observe();
     assert_eq!(m.states(P, "checkout"), one_hot("half_open"));
     assert_close(m.gauge(&name("trip_risk"), &svc_l), 1.0);
+    let probe = probe.call(Call::Ok(ms(5)));
     assert_eq!(send(&svc, Call::Ok(ms(1))).await, Sent::Rejected);
-    probe.call(Call::Ok(ms(5))).await.unwrap();
+    probe.await.unwrap();
     m.observe();
     assert_eq!(m.states(P, "checkout"), one_hot("closed"));
     assert_eq!(transitions(&m, "open", "half_open", "timeout_elapsed"), 2);
@@ -280,7 +282,9 @@ async fn trip_reject_half_open_recover() {
         m.label_values(&name("failures_total"), "kind"),
         sets(&["connect", "error", "timeout"])
     );
-    assert_eq!(m.label_sets(&name("transitions_total")).len(), 4);
+    // The consecutive and default failure-rate trips, the half-open round
+    // trip.
+    assert_eq!(m.label_sets(&name("transitions_total")).len(), 5);
     assert_eq!(rejections(&m, "forced_open"), 0);
     assert_eq!(rejections(&m, "metrics_only"), 0);
 }
@@ -424,9 +428,12 @@ async fn time_window_rates_follow_successes() {
     send(&svc, Call::Fail(ms(0))).await;
     m.observe();
     assert_close(m.gauge(&name("error_rate"), &labels), 1.0);
-    // Successes change the rate of a time window; the gauge follows within a
-    // second while calls flow.
+    // Successes change the rate of a time window: the gauge shows it after
+    // every call, in the same bucket or the next. (It used to lag: a
+    // success in the current bucket left it at 1.0 for up to a second.)
     send(&svc, Call::Ok(ms(0))).await;
+    m.observe();
+    assert_close(m.gauge(&name("error_rate"), &labels), 0.5);
     manual.advance(secs(1));
     send(&svc, Call::Ok(ms(0))).await;
     m.observe();
@@ -469,8 +476,9 @@ async fn overrides_and_every_reason() {
     };
     let risk = |m: &Recorded| m.gauge(&name("trip_risk"), &[("service", "overrides")]);
 
-    // Trip at t = 0, then a probe that never answers: after the maximum
-    // half-open wait the next caller reopens the breaker.
+    // Trip at t = 0, then a caller made ready in half-open that never
+    // calls: after the maximum half-open wait the next caller reopens the
+    // breaker.
     send(&svc, Call::Fail(ms(0))).await;
     send(&svc, Call::Fail(ms(0))).await;
     manual.advance(secs(10));
@@ -558,6 +566,8 @@ async fn overrides_and_every_reason() {
         m.label_values(&name("transitions_total"), "reason"),
         sets(&[
             "consecutive_failures",
+            // The default failure-rate policy's trip, at zero.
+            "failure_rate",
             "manual",
             "max_wait_elapsed",
             "probe_failed",
@@ -646,13 +656,15 @@ async fn levels_emit_exactly_their_sets() {
         assert_eq!(m.counter(&name("requests_total"), &labels), 1, "{level:?}");
         assert_eq!(m.states(P, &service), one_hot("closed"), "{level:?}");
     }
-    // Minimal: one-hot state (6) + zeroed and used transitions (4) + requests (4).
+    // Minimal: one-hot state (6) + zeroed and used transitions (5: the
+    // consecutive and failure-rate trips, the half-open round trip) +
+    // requests (4).
     let m = full_cycle(MetricsLevel::Minimal, "level-count", P).await;
     assert_eq!(
         m.label_sets(&name("state")).len()
             + m.label_sets(&name("transitions_total")).len()
             + m.label_sets(&name("requests_total")).len(),
-        14
+        15
     );
 }
 

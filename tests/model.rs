@@ -60,7 +60,10 @@ enum Open {
 #[derive(Clone, Debug)]
 struct Cfg {
     consecutive: Option<u32>,
+    /// `None`: the default (50%).
     failure_rate: Option<f64>,
+    /// `without_failure_rate()`: only with another policy set.
+    failure_rate_off: bool,
     slow_rate: Option<f64>,
     window: Win,
     minimum_calls: u64,
@@ -99,6 +102,13 @@ enum Op {
     Drop(usize),
     /// `poll_ready` admits, then the service is dropped without `call`.
     ReadyDrop,
+    /// `poll_ready` on a service that is kept for later.
+    ReadyHold,
+    /// `poll_ready` again on the kept service `i % len`.
+    RepollHeld(usize),
+    /// `call` on the kept service `i % len` (taking it), which completes at
+    /// once, taking `latency`.
+    CallHeld(usize, Reply, u64),
     Advance(u64),
     ForceOpen,
     ForceClosed,
@@ -118,7 +128,10 @@ fn cfg_strategy() -> impl Strategy<Value = Cfg> {
     ];
     (
         proptest::option::of(1u32..=4),
-        proptest::option::of(prop_oneof![Just(0.25), Just(0.5), Just(1.0)]),
+        (
+            proptest::option::of(prop_oneof![Just(0.25), Just(0.5), Just(1.0)]),
+            prop_oneof![4 => Just(false), 1 => Just(true)],
+        ),
         proptest::option::of(prop_oneof![Just(0.5), Just(1.0)]),
         window,
         1u64..=6,
@@ -133,7 +146,7 @@ fn cfg_strategy() -> impl Strategy<Value = Cfg> {
         .prop_map(
             |(
                 consecutive,
-                failure_rate,
+                (failure_rate, off),
                 slow_rate,
                 window,
                 min,
@@ -145,9 +158,12 @@ fn cfg_strategy() -> impl Strategy<Value = Cfg> {
                     Win::Count(n) => min.min(n as u64),
                     Win::Time(_) => min,
                 };
+                // Off only where another policy is set (else build() fails).
+                let failure_rate_off = off && (consecutive.is_some() || slow_rate.is_some());
                 Cfg {
                     consecutive,
-                    failure_rate,
+                    failure_rate: if failure_rate_off { None } else { failure_rate },
+                    failure_rate_off,
                     slow_rate,
                     window,
                     minimum_calls,
@@ -185,6 +201,10 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         5 => (any::<usize>(), reply_strategy()).prop_map(|(i, r)| Op::Finish(i, r)),
         2 => any::<usize>().prop_map(Op::Drop),
         2 => Just(Op::ReadyDrop),
+        2 => Just(Op::ReadyHold),
+        1 => any::<usize>().prop_map(Op::RepollHeld),
+        3 => (any::<usize>(), reply_strategy(), prop_oneof![3 => Just(MS), 1 => Just(150 * MS)])
+            .prop_map(|(i, r, l)| Op::CallHeld(i, r, l)),
         8 => prop_oneof![
             Just(50 * MS),
             Just(100 * MS),
@@ -239,6 +259,9 @@ struct Ticket {
     period: u64,
     probe: bool,
     judged: bool,
+    /// Taken by `poll_ready` where `call` must ask again (a half-open
+    /// probe, shadow mode).
+    deferred: bool,
     start: u64,
 }
 
@@ -246,6 +269,15 @@ struct Ticket {
 enum Admit {
     Go(Ticket),
     Refused(State, Option<Duration>),
+}
+
+/// The decision `poll_ready` keeps for `call`: no permit taken, nothing
+/// counted.
+#[derive(Clone, Copy, Debug)]
+enum Decision {
+    Go(Ticket),
+    /// The state, and when Open the end of the open duration.
+    Refused(State, u64),
 }
 
 /// Metrics the model expects one step to emit.
@@ -332,14 +364,13 @@ struct Model {
 
 impl Model {
     fn new(cfg: &Cfg) -> Self {
-        let no_policy =
-            cfg.consecutive.is_none() && cfg.failure_rate.is_none() && cfg.slow_rate.is_none();
         Model {
             consecutive: cfg.consecutive,
-            failure_rate: if no_policy {
-                Some(0.5)
+            // The failure-rate policy is on (50% by default) unless turned off.
+            failure_rate: if cfg.failure_rate_off {
+                None
             } else {
-                cfg.failure_rate
+                Some(cfg.failure_rate.unwrap_or(0.5))
             },
             slow_rate: cfg.slow_rate,
             slow_duration: cfg.slow_rate.map(|_| SLOW),
@@ -484,17 +515,17 @@ impl Model {
         };
         if target == Target::Open {
             let d = self.backoff().max(self.hint);
-            self.hint = 0;
             self.attempt += 1;
             self.open_until = self.now + d;
         }
+        // A hint belongs to the period it was given in.
+        self.hint = 0;
         if phase == Phase::Closed
             && (self.phase != Phase::Closed
                 || matches!(target, Target::Closed | Target::Reset | Target::MetricsOnly))
         {
             self.clear_window();
             self.consecutive_failures = 0;
-            self.hint = 0;
             self.attempt = 0;
         }
         if target == Target::Reset {
@@ -549,6 +580,7 @@ impl Model {
                 period: self.period,
                 probe: false,
                 judged: false,
+                deferred: false,
                 start: self.now,
             })
         } else {
@@ -561,12 +593,101 @@ impl Model {
         }
     }
 
+    /// `poll_ready`: may move the machine (an elapsed open duration or
+    /// half-open wait), takes no permit, counts nothing.
+    fn check(&mut self) -> Decision {
+        loop {
+            let ticket = Ticket {
+                period: self.period,
+                probe: false,
+                judged: true,
+                deferred: false,
+                start: self.now,
+            };
+            match self.mode {
+                Mode::Disabled => {
+                    return Decision::Go(Ticket {
+                        judged: false,
+                        ..ticket
+                    })
+                }
+                Mode::ForcedOpen => return Decision::Refused(State::ForcedOpen, 0),
+                Mode::MetricsOnly => {
+                    return Decision::Go(Ticket {
+                        deferred: true,
+                        ..ticket
+                    })
+                }
+                Mode::Normal => {}
+            }
+            match self.phase {
+                Phase::Closed => return Decision::Go(ticket),
+                Phase::Open => {
+                    if self.now >= self.open_until {
+                        self.transition(Target::HalfOpen, "timeout_elapsed");
+                        continue;
+                    }
+                    return Decision::Refused(State::Open, self.open_until);
+                }
+                Phase::HalfOpen => {
+                    if self
+                        .max_wait
+                        .is_some_and(|w| self.now - self.phase_since >= w)
+                    {
+                        self.transition(Target::Open, "max_wait_elapsed");
+                        continue;
+                    }
+                    if self.admitted >= self.permits {
+                        return Decision::Refused(State::HalfOpen, 0);
+                    }
+                    return Decision::Go(Ticket {
+                        deferred: true,
+                        ..ticket
+                    });
+                }
+            }
+        }
+    }
+
+    /// A `poll_ready` on a kept service: a ticket of the current period
+    /// stands; anything else is decided afresh.
+    fn recheck(&mut self, decision: Decision) -> Decision {
+        match decision {
+            Decision::Go(t) if t.period == self.period => decision,
+            _ => self.check(),
+        }
+    }
+
+    /// `call` with what `poll_ready` decided: a plain ticket of the current
+    /// period goes; a refusal is delivered and counted; anything else is
+    /// admitted now.
+    fn call_with(&mut self, decision: Decision) -> Admit {
+        match decision {
+            Decision::Go(t) if !t.deferred && t.period == self.period => Admit::Go(Ticket {
+                start: self.now,
+                ..t
+            }),
+            Decision::Refused(state, until) => {
+                self.rejected += 1;
+                self.emitted
+                    .count(key("requests_total", &[("status", "rejected")]));
+                self.emitted
+                    .count(key("rejections_total", &[("state", state.as_str())]));
+                let retry_after = (state == State::Open)
+                    .then(|| Duration::from_nanos(until.saturating_sub(self.now)));
+                Admit::Refused(state, retry_after)
+            }
+            Decision::Go(_) => self.admit(),
+        }
+    }
+
     fn admit(&mut self) -> Admit {
         loop {
             let ticket = Ticket {
                 period: self.period,
                 probe: false,
                 judged: true,
+                deferred: false,
                 start: self.now,
             };
             match self.mode {
@@ -617,7 +738,7 @@ impl Model {
         }
     }
 
-    /// A permit handed back unused (the service dropped after `poll_ready`).
+    /// A probe's permit handed back (its call ignored or dropped).
     fn release(&mut self, t: Ticket) {
         if t.probe && t.period == self.period && self.admitted > 0 {
             self.admitted -= 1;
@@ -627,7 +748,8 @@ impl Model {
     /// A call's outcome, `hint` given through `InFlight::retry_after` first.
     /// A call dropped unfinished finishes as `Out::Ignore`.
     fn finish(&mut self, t: Ticket, out: Out, hint: Option<u64>) {
-        if let Some(h) = hint {
+        // A hint counts only from a judged call of the current period.
+        if let Some(h) = hint.filter(|_| t.judged && t.period == self.period) {
             self.hint = h.clamp(1, RETRY_AFTER_CAP);
         }
         let elapsed = if self.timed { self.now - t.start } else { 0 };
@@ -691,10 +813,10 @@ impl Model {
             }
         };
         self.push_sample(failure, slow);
-        if failure || slow {
-            if let Some(reason) = self.evaluate() {
-                self.transition(Target::Open, reason);
-            }
+        // Every judged outcome is evaluated: a success can fill the window
+        // to its minimum, or arrive after old successes aged out.
+        if let Some(reason) = self.evaluate() {
+            self.transition(Target::Open, reason);
         }
     }
 }
@@ -723,6 +845,17 @@ impl Classify<Reply> for Script {
 }
 
 type Fut = Pin<Box<dyn Future<Output = Result<(), BoxError>>>>;
+
+/// The breaker's service around the scripted upstream.
+type Svc = tower_breaker::CircuitBreaker<
+    tower::util::ServiceFn<fn(oneshot::Receiver<Reply>) -> ReplyFut>,
+    Script,
+>;
+type ReplyFut = Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
+
+fn reply_when_told(rx: oneshot::Receiver<Reply>) -> ReplyFut {
+    Box::pin(async move { Ok(rx.await.expect("reply sender kept until finish")) })
+}
 
 struct InFlightCall {
     fut: Fut,
@@ -754,6 +887,9 @@ fn build(cfg: &Cfg, clock: Clock) -> CircuitBreakerLayer<Script> {
     }
     if let Some(r) = cfg.failure_rate {
         b = b.failure_rate(r);
+    }
+    if cfg.failure_rate_off {
+        b = b.without_failure_rate();
     }
     if let Some(r) = cfg.slow_rate {
         b = b.slow_call_rate(r, Duration::from_nanos(SLOW));
@@ -824,20 +960,22 @@ fn run(cfg: &Cfg, ops: &[Op]) -> Result<(), TestCaseError> {
         let (clock, manual): (Clock, ManualClock) = Clock::manual();
         let layer = build(cfg, clock);
         let handle = layer.handle();
-        let svc = layer.layer(service_fn(|rx: oneshot::Receiver<Reply>| async move {
-            Ok::<_, Infallible>(rx.await.expect("reply sender kept until finish"))
-        }));
+        let upstream: fn(oneshot::Receiver<Reply>) -> ReplyFut = reply_when_told;
+        let svc: Svc = layer.layer(service_fn(upstream));
         let mut model = Model::new(cfg);
         let mut gauge_state = observe(&snapshotter).1;
-        let count_window = matches!(cfg.window, Win::Count(_));
         prop_assert_eq!(gauge_state.as_deref(), Some("closed"));
         let mut in_flight: Vec<InFlightCall> = Vec::new();
 
-        // Admits a call through `ready` + `call`; `Ok(None)` if refused.
-        let start = |model: &mut Model| -> Result<Option<InFlightCall>, TestCaseError> {
-            let expected = model.admit();
-            let mut s = svc.clone();
-            now_or_never(s.ready(), "ready")?.map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut held: Vec<(Svc, Decision)> = Vec::new();
+
+        // Admits a call through `call` on a service made ready (with the
+        // model's decision for it); `Ok(None)` if refused.
+        let call_on = |model: &mut Model,
+                       mut s: Svc,
+                       decision: Decision|
+         -> Result<Option<InFlightCall>, TestCaseError> {
+            let expected = model.call_with(decision);
             let (tx, rx) = oneshot::channel();
             let mut fut: Fut = Box::pin(s.call(rx));
             match expected {
@@ -864,6 +1002,13 @@ fn run(cfg: &Cfg, ops: &[Op]) -> Result<(), TestCaseError> {
                     Ok(None)
                 }
             }
+        };
+        // Admits a call through `ready` + `call`.
+        let start = |model: &mut Model| -> Result<Option<InFlightCall>, TestCaseError> {
+            let decision = model.check();
+            let mut s = svc.clone();
+            now_or_never(s.ready(), "ready")?.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            call_on(model, s, decision)
         };
         let finish = |model: &mut Model, call: InFlightCall, reply: Reply| {
             model.finish(call.ticket, reply.out, reply.hint);
@@ -900,14 +1045,36 @@ fn run(cfg: &Cfg, ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                 }
                 Op::ReadyDrop => {
-                    let expected = model.admit();
-                    if let Admit::Go(ticket) = expected {
-                        model.release(ticket);
-                    }
+                    model.check();
                     let mut s = svc.clone();
                     now_or_never(s.ready(), "ready")?
                         .map_err(|e| TestCaseError::fail(e.to_string()))?;
                     drop(s);
+                }
+                Op::ReadyHold => {
+                    let decision = model.check();
+                    let mut s = svc.clone();
+                    now_or_never(s.ready(), "ready")?
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    held.push((s, decision));
+                }
+                Op::RepollHeld(i) => {
+                    if !held.is_empty() {
+                        let i = i % held.len();
+                        held[i].1 = model.recheck(held[i].1);
+                        now_or_never(held[i].0.ready(), "ready again")?
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    }
+                }
+                Op::CallHeld(i, reply, latency) => {
+                    if !held.is_empty() {
+                        let (s, decision) = held.swap_remove(i % held.len());
+                        if let Some(call) = call_on(&mut model, s, decision)? {
+                            manual.advance(Duration::from_nanos(*latency));
+                            model.now += latency;
+                            finish(&mut model, call, *reply)?;
+                        }
+                    }
                 }
                 Op::Advance(d) => {
                     manual.advance(Duration::from_nanos(*d));
@@ -975,10 +1142,11 @@ fn run(cfg: &Cfg, ops: &[Op]) -> Result<(), TestCaseError> {
             }
 
             let (emitted, gauge, rates) = observe(&snapshotter);
-            if count_window {
+            {
                 // A rate gauge written during the step shows the window as
-                // it is now. (A time window's rates also move with the
-                // clock alone; they are refreshed while calls flow.)
+                // it is now, for both kinds of window. (A time window's
+                // rates also move with the clock alone; a step that only
+                // advances the clock writes no gauge.)
                 let rate = |part: u64| {
                     if calls == 0 {
                         0.0
@@ -1025,6 +1193,7 @@ fn shadow_recovery_stays_in_metrics_only() {
     let cfg = Cfg {
         consecutive: Some(1),
         failure_rate: None,
+        failure_rate_off: true,
         slow_rate: None,
         window: Win::Count(1),
         minimum_calls: 1,

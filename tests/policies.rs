@@ -31,13 +31,104 @@ async fn failure_rate_over_a_count_window_waits_for_minimum_calls() {
     let snap = handle.snapshot();
     assert_eq!((snap.calls, snap.failures), (5, 4));
     assert!((snap.failure_rate - 0.8).abs() < 1e-9);
-    // The sixth call is a success: 4/6 = 67%, but successes never trip.
+    // The sixth call is a success: the window reaches its minimum at 4/6 =
+    // 67% >= 50%, and that success is judged too. (Only failures and slow
+    // calls used to be judged, so this success left the breaker Closed.)
     send(&mut svc, Call::Ok).await;
-    assert_eq!(handle.state(), State::Closed);
-    // The seventh, a failure, is judged: 5/7 = 71% >= 50%.
-    send(&mut svc, Call::Fail).await;
     assert_eq!(handle.state(), State::Open);
     assert_eq!(t.last().reason, Reason::FailureRate);
+    assert_eq!(t.last().snapshot.calls, 6);
+}
+
+/// The case: count window 10, minimum 10, threshold 50%. Five
+/// failures then five successes reach the threshold exactly when the tenth
+/// call fills the window, as five successes then five failures do.
+#[tokio::test(start_paused = true)]
+async fn the_threshold_is_reached_whatever_the_order() {
+    for (name, calls) in [
+        ("p-order-fail-first", [Call::Fail, Call::Ok]),
+        ("p-order-ok-first", [Call::Ok, Call::Fail]),
+    ] {
+        let layer = CircuitBreakerLayer::builder()
+            .name(name)
+            .clock(Clock::tokio())
+            .failure_rate(0.5)
+            .count_window(10)
+            .minimum_calls(10)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = layer.layer(Upstream::default().service());
+        for call in calls {
+            for _ in 0..5 {
+                send(&mut svc, call).await;
+            }
+        }
+        assert_eq!(handle.state(), State::Open, "{name}");
+    }
+}
+
+/// A time window whose old successes age out, leaving 4 failures in 5
+/// calls, trips on the next call, though that call succeeds.
+#[tokio::test(start_paused = true)]
+async fn a_time_window_trips_when_old_successes_age_out() {
+    let t = Transitions::default();
+    let layer = CircuitBreakerLayer::builder()
+        .name("p-time-age")
+        .clock(Clock::tokio())
+        .failure_rate(0.5)
+        .time_window(Duration::from_secs(10), 10)
+        .minimum_calls(5)
+        .on_state_change(t.hook())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(Upstream::default().service());
+    // t = 0: six successes; t = 5 s: four failures (4 in 10, 40%).
+    for _ in 0..6 {
+        send(&mut svc, Call::Ok).await;
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    for _ in 0..4 {
+        send(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), State::Closed);
+    // t = 10.5 s: the successes have aged out; one more success makes it
+    // 4 failures in 5 calls.
+    tokio::time::advance(Duration::from_millis(5_500)).await;
+    assert_eq!(send(&mut svc, Call::Ok).await, Seen::Ok);
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(t.last().reason, Reason::FailureRate);
+    assert_eq!(
+        (t.last().snapshot.calls, t.last().snapshot.failures),
+        (5, 4)
+    );
+}
+
+/// Setting another policy keeps the default 50% failure-rate policy (as
+/// in resilience4j): a 75%-failing upstream trips a breaker configured
+/// only with a slow-call rate. (Setting any policy used to drop it.)
+#[tokio::test(start_paused = true)]
+async fn another_policy_keeps_the_default_failure_rate() {
+    let t = Transitions::default();
+    let layer = CircuitBreakerLayer::builder()
+        .name("p-default-rate")
+        .clock(Clock::tokio())
+        .slow_call_rate(0.5, Duration::from_secs(1))
+        .count_window(20)
+        .minimum_calls(20)
+        .on_state_change(t.hook())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(Upstream::default().service());
+    for i in 0..20 {
+        let call = if i % 4 == 0 { Call::Ok } else { Call::Fail };
+        send(&mut svc, call).await;
+    }
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(t.last().reason, Reason::FailureRate);
+    assert!((t.last().snapshot.failure_rate - 0.75).abs() < 1e-9);
 }
 
 #[tokio::test(start_paused = true)]
@@ -108,6 +199,7 @@ async fn slow_call_rate_trips_on_slow_successes() {
         .name("p-slow")
         .clock(Clock::tokio())
         .slow_call_rate(0.5, Duration::from_millis(500))
+        .without_failure_rate()
         .count_window(10)
         .minimum_calls(4)
         .on_state_change(t.hook())

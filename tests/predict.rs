@@ -341,7 +341,11 @@ fn build_checks_the_early_warning_settings() {
         "early_warning.rearm_below"
     );
     assert_eq!(
-        field(b().consecutive_failures(3).on_early_warning(|_| {})),
+        field(
+            b().consecutive_failures(3)
+                .without_failure_rate()
+                .on_early_warning(|_| {})
+        ),
         "early_warning"
     );
     // Hooks survive a later early_warning() call.

@@ -55,6 +55,7 @@ async fn a_growing_streak_refreshes_the_risk() {
     let layer = CircuitBreakerLayer::builder()
         .name("risk-streak")
         .consecutive_failures(4)
+        .without_failure_rate()
         .count_window(2)
         .minimum_calls(1)
         .build()
