@@ -683,7 +683,9 @@ async fn tower_breaker(
     };
     let builder = match path {
         Path::Success => builder,
-        Path::Failure => builder.consecutive_failures(u32::MAX),
+        Path::Failure => builder
+            .consecutive_failures(u32::MAX)
+            .without_failure_rate(),
         Path::Open => builder
             .consecutive_failures(1)
             .open_duration(Backoff::fixed(HOUR)),

@@ -19,6 +19,10 @@ pub(crate) type StateHook = Arc<dyn Fn(&StateChange) + Send + Sync>;
 
 /// One breaker, shared by its layer, services, futures and handles.
 pub(crate) struct Breaker {
+    /// The breaker's name in errors, logs, hooks and handles: its `service`
+    /// label, or the key of a keyed breaker whose layer ran out of labels
+    /// (which reports under `__overflow__`).
+    name: Arc<str>,
     pub(crate) machine: Machine,
     pub(crate) metrics: BreakerMetrics,
     pub(crate) clock: Clock,
@@ -48,25 +52,16 @@ pub(crate) struct View {
 impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
-            .field("service", self.metrics.service())
+            .field("service", &self.name)
             .field("state", &self.machine.state())
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
 
-/// The decision a service keeps from `poll_ready` for `call`. It holds no
-/// permit: a service made ready and never called holds nothing back.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Ready {
-    /// Let the call through as the ticket says; a deferred ticket (a
-    /// half-open probe, a shadow-mode call) asks the machine again at `call`.
-    Go(Ticket),
-    /// Refuse it: the inner service was not polled.
-    Refuse(Refusal),
-}
 impl Breaker {
     pub(crate) fn new(
+        name: Arc<str>,
         machine: Machine,
         mut metrics: BreakerMetrics,
         clock: Clock,
@@ -75,6 +70,7 @@ impl Breaker {
     ) -> Self {
         metrics.expect_transitions(expected_transitions(machine.policy()));
         Breaker {
+            name,
             time_window: machine.window().needs_time(),
             machine,
             metrics,
@@ -97,7 +93,13 @@ impl Breaker {
         self.predictor.as_ref().and_then(Predictor::latest)
     }
 
+    /// The breaker's name (see [`Breaker::name`](Self)).
     pub(crate) fn service(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The `service` label its metrics carry.
+    pub(crate) fn label(&self) -> &Arc<str> {
         self.metrics.service()
     }
 
@@ -159,36 +161,29 @@ impl Breaker {
         }
     }
 
-    /// The decision of `poll_ready`: takes no permit and counts nothing
-    /// (see [`Machine::check`]).
+    /// The decision of `poll_ready`: a ticket, or a refusal; takes no
+    /// permit and counts nothing (see [`Machine::check`]).
     #[inline]
-    pub(crate) fn check(&self) -> Ready {
-        match self.machine.check(|| self.clock.now(), self) {
-            Ok(ticket) => Ready::Go(ticket),
-            Err(refusal) => Ready::Refuse(refusal),
-        }
+    pub(crate) fn check(&self) -> Result<Ticket, Refusal> {
+        self.machine.check(|| self.clock.now(), self)
     }
 
-    /// Whether a decision kept since an earlier `poll_ready` may stand for
-    /// the next one: a ticket while no transition happened since; a refusal
-    /// never (it is decided afresh, so a breaker that recovered lets the
-    /// call through).
+    /// Whether a ticket kept since an earlier `poll_ready` may stand for the
+    /// next one: while no transition happened since.
     #[inline]
-    pub(crate) fn still_ready(&self, ready: &Ready) -> bool {
-        matches!(ready, Ready::Go(ticket) if self.machine.is_current(*ticket))
+    pub(crate) fn still_ready(&self, ticket: Ticket) -> bool {
+        self.machine.is_current(ticket)
     }
 
-    /// Starts a call with the decision `poll_ready` kept (`None` if `call`
-    /// came without `poll_ready`). A ticket that no longer stands (the
-    /// breaker moved since, or it is deferred) is decided again now; a
-    /// refusal is delivered and counted.
+    /// Starts a call with the ticket `poll_ready` took. A ticket that no
+    /// longer stands (the breaker moved since, or it is deferred: a probe,
+    /// a shadow call) is decided again now.
     #[inline]
-    pub(crate) fn start(self: &Arc<Self>, ready: Option<Ready>) -> Result<InFlight, CircuitOpen> {
-        match ready {
-            Some(Ready::Go(ticket)) if self.machine.stands(ticket) => Ok(self.in_flight(ticket)),
-            Some(Ready::Refuse(refusal)) => Err(self.refused(refusal)),
-            _ => self.admit(),
+    pub(crate) fn start(self: &Arc<Self>, ticket: Ticket) -> Result<InFlight, CircuitOpen> {
+        if self.machine.stands(ticket) {
+            return Ok(self.in_flight(ticket));
         }
+        self.admit()
     }
 
     /// Admits a call now: takes a half-open permit if it is a probe, counts
@@ -198,6 +193,25 @@ impl Breaker {
         match self.machine.admit(|| self.clock.now(), &**self) {
             Admission::Permitted(ticket) if !ticket.is_probe() => Ok(self.in_flight(ticket)),
             admission => self.admit_slow(admission),
+        }
+    }
+
+    /// [`admit`](Self::admit), with the time the call's start was stamped
+    /// at, if it was timed: the keyed layer marks the key used with it
+    /// instead of reading the clock again.
+    #[inline]
+    pub(crate) fn admit_timed(self: &Arc<Self>) -> (Result<InFlight, CircuitOpen>, Option<u64>) {
+        match self.machine.admit(|| self.clock.now(), &**self) {
+            Admission::Permitted(ticket) if !ticket.is_probe() => {
+                let (stamp, start) = self.stamp_timed();
+                let call = InFlight {
+                    breaker: self.clone(),
+                    ticket,
+                    stamp,
+                };
+                (Ok(call), start)
+            }
+            admission => (self.admit_slow(admission), None),
         }
     }
 
@@ -216,12 +230,13 @@ impl Breaker {
         }
     }
 
-    /// Delivers a refusal decided in `poll_ready`.
+    /// Delivers a refusal decided in `poll_ready`; its `retry_after` is
+    /// the time left as of `poll_ready`.
     #[cold]
-    fn refused(&self, refusal: Refusal) -> CircuitOpen {
-        let retry_after = self.machine.refuse(refusal, || self.clock.now());
+    pub(crate) fn refused(&self, refusal: Refusal) -> CircuitOpen {
+        self.machine.count_refusal();
         self.handles().rejected(refusal.state);
-        CircuitOpen::new(self.service().clone(), refusal.state, retry_after)
+        CircuitOpen::new(self.service().clone(), refusal.state, refusal.retry_after)
     }
 
     /// The record of a call starting now.
@@ -240,10 +255,16 @@ impl Breaker {
     /// success path reads no clock.
     #[inline(always)]
     fn stamp(&self) -> Stamp {
+        self.stamp_timed().0
+    }
+
+    /// [`stamp`](Self::stamp), with the time it read, if it read one.
+    #[inline(always)]
+    fn stamp_timed(&self) -> (Stamp, Option<u64>) {
         let (slot, times_calls) = self.metrics.current_slot(|h| self.sync_gauges(h));
         let timed = self.timed || times_calls;
         let start = if timed { self.clock.now() } else { 0 };
-        Stamp::started(start, slot, timed)
+        (Stamp::started(start, slot, timed), timed.then_some(start))
     }
 
     /// Records a call's outcome. The hot path (a plain success in Closed
@@ -335,7 +356,7 @@ impl Breaker {
         // judged outcome may trip (a window filling up reaches its minimum
         // with a success), a probe may close or reopen. Calls are always
         // timed with a time window.
-        let now = if timed || matches!(outcome, Outcome::Ignored) {
+        let now = if timed || !ticket.is_judged() || matches!(outcome, Outcome::Ignored) {
             end
         } else {
             self.clock.now()

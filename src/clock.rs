@@ -159,11 +159,11 @@ static TICKER: Ticker = Ticker {
 };
 
 /// Who uses the ticker: the resolutions of the coarse clocks alive (a
-/// count each), and whether its thread runs.
+/// count each), and its thread while it runs.
 #[derive(Debug, Default)]
 struct Users {
     resolutions: BTreeMap<u64, usize>,
-    running: bool,
+    thread: Option<std::thread::Thread>,
 }
 
 /// A coarse clock's registration with the ticker, shared by its clones.
@@ -182,6 +182,10 @@ impl Drop for CoarseUser {
             }
         }
         Ticker::set_every(&users);
+        // Let the thread see it now: it stops, or ticks at the new pace.
+        if let Some(thread) = &users.thread {
+            thread.unpark();
+        }
     }
 }
 
@@ -222,32 +226,44 @@ impl Ticker {
         *users.resolutions.entry(every).or_default() += 1;
         Ticker::set_every(&users);
         let user = CoarseUser { every };
-        if !users.running {
-            // Readers see the time at once, not what a stopped thread left.
-            TICKER.nanos.fetch_max(Ticker::now(), Ordering::Relaxed);
-            let spawned = std::thread::Builder::new()
-                .name("tower-breaker-clock".into())
-                .spawn(Ticker::run);
-            if spawned.is_err() {
-                drop(users);
-                drop(user);
-                return None;
+        match &users.thread {
+            // A finer resolution takes effect now, not after the current tick.
+            Some(thread) => thread.unpark(),
+            None => {
+                // Readers see the time at once, not what a stopped thread left.
+                TICKER.nanos.fetch_max(Ticker::now(), Ordering::Relaxed);
+                let spawned = std::thread::Builder::new()
+                    .name("tower-breaker-clock".into())
+                    .spawn(Ticker::run);
+                match spawned {
+                    Ok(handle) => users.thread = Some(handle.thread().clone()),
+                    Err(_) => {
+                        drop(users);
+                        drop(user);
+                        return None;
+                    }
+                }
             }
-            users.running = true;
         }
         Some(user)
     }
 
-    /// The thread: ticks until no coarse clock is left.
+    /// The thread: ticks until no coarse clock is left. Whether to go on,
+    /// and how long to wait, are read under the users' lock, so a last
+    /// clock dropped at any moment stops it, and it never waits on a stale
+    /// resolution (a drop or a finer clock unparks it).
     fn run() {
         loop {
             TICKER.nanos.fetch_max(Ticker::now(), Ordering::Relaxed);
-            std::thread::sleep(Duration::from_nanos(TICKER.every.load(Ordering::Relaxed)));
-            let mut users = Ticker::users();
-            if users.resolutions.is_empty() {
-                users.running = false;
-                return;
-            }
+            let every = {
+                let mut users = Ticker::users();
+                if users.resolutions.is_empty() {
+                    users.thread = None;
+                    return;
+                }
+                TICKER.every.load(Ordering::Relaxed)
+            };
+            std::thread::park_timeout(Duration::from_nanos(every));
         }
     }
 
@@ -255,7 +271,7 @@ impl Ticker {
     #[cfg(test)]
     fn status() -> (bool, u64) {
         let users = Ticker::users();
-        (users.running, TICKER.every.load(Ordering::Relaxed))
+        (users.thread.is_some(), TICKER.every.load(Ordering::Relaxed))
     }
 }
 
@@ -347,6 +363,21 @@ mod tests {
         assert!(again.now() >= before);
         let first = again.now();
         wait_until("the restarted ticker never moved", || again.now() != first);
+    }
+
+    /// The last coarse clock dropped and a new one made at once, many
+    /// times: the new one always moves. (The thread used to read its tick
+    /// outside the lock, so it could sleep for `u64::MAX` nanoseconds while
+    /// marked running, and every coarse clock after it stood still.)
+    #[test]
+    fn a_clock_made_right_after_the_last_one_dropped_moves() {
+        let _turn = ticker_lock();
+        for _ in 0..20 {
+            drop(Clock::coarse(Duration::from_micros(50)));
+            let clock = Clock::coarse(Duration::from_micros(50));
+            let first = clock.now();
+            wait_until("a new coarse clock stood still", || clock.now() != first);
+        }
     }
 
     #[test]

@@ -194,7 +194,7 @@ pub(crate) fn track(breaker: &Arc<Breaker>, caller: Option<&str>) {
             None => return,
         },
     };
-    let key = (caller, breaker.service().clone());
+    let key = (caller, breaker.label().clone());
     let metric = breaker.metrics.names().dependency.clone();
     let mut reg = lock();
     if !reg.edges.contains_key(&key) && reg.edges.len() >= EDGE_LIMIT.load(Ordering::Relaxed) {

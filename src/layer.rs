@@ -264,7 +264,9 @@ impl<C> Builder<C> {
         self
     }
 
-    /// How many probe calls half-open lets through.
+    /// How many probe calls half-open lets through (default 3, at most
+    /// 2,047). A permit is taken when a probe is called, not when its
+    /// service is made ready.
     pub fn half_open_permits(mut self, n: u32) -> Self {
         self.half_open_permits = n;
         self
@@ -314,8 +316,10 @@ impl<C> Builder<C> {
     }
 
     /// Runs `hook` after every transition, with the state before the counts
-    /// were reset. It runs on the thread that made the transition: keep it
-    /// short.
+    /// were reset. It runs on the thread that made the transition, after the
+    /// transition lock is released: keep it short, and expect the hooks of
+    /// two transitions made at the same moment on two threads to run in
+    /// either order (each [`StateChange`] says its `from` and `to`).
     pub fn on_state_change(mut self, hook: impl Fn(&StateChange) + Send + Sync + 'static) -> Self {
         self.hooks.push(Arc::new(hook));
         self
@@ -603,17 +607,25 @@ impl Template {
     /// A fresh Closed breaker reporting under `label`, on the dependency
     /// graph as `caller -> label`.
     pub(crate) fn breaker(&self, label: ServiceLabel) -> Arc<Breaker> {
-        self.build_breaker(label, true)
+        let name = label.value().clone();
+        self.build_breaker(name, label, true)
+    }
+
+    /// A breaker named `name` that reports under another label (a key past
+    /// its layer's label budget, under `__overflow__`).
+    pub(crate) fn breaker_named(&self, name: Arc<str>, label: ServiceLabel) -> Arc<Breaker> {
+        self.build_breaker(name, label, true)
     }
 
     /// A breaker that lets every call through unjudged and counts it (it
     /// starts Disabled): the keyed layer's overflow breaker, so that junk
     /// keys can never get a genuine key refused.
     pub(crate) fn unjudged_breaker(&self, label: ServiceLabel) -> Arc<Breaker> {
-        self.build_breaker(label, false)
+        let name = label.value().clone();
+        self.build_breaker(name, label, false)
     }
 
-    fn build_breaker(&self, label: ServiceLabel, judged: bool) -> Arc<Breaker> {
+    fn build_breaker(&self, name: Arc<str>, label: ServiceLabel, judged: bool) -> Arc<Breaker> {
         let window = match self.window {
             WindowConfig::Count(n) => Window::Count(CountWindow::new(n)),
             WindowConfig::Time { span, buckets } => {
@@ -646,6 +658,7 @@ impl Template {
             h.trip_risk.set(0.0);
         });
         let breaker = Breaker::new(
+            name,
             machine,
             metrics,
             self.clock.clone(),

@@ -86,7 +86,16 @@
 //!   and the budgets of other keyed layers (a smaller budget is logged as a
 //!   warning). Its keys use only its own budget, so a flood of made-up keys
 //!   on one layer can take no label from another layer or from a named
-//!   breaker. The budget is returned when the layer is dropped.
+//!   breaker. The budget is returned when the layer is dropped. Keys past
+//!   the budget are still judged, each by a breaker of its own, but report
+//!   under `__overflow__` (see [`keyed`](crate::keyed)).
+//!
+//! So the names of named breakers never exceed the cap, and the keyed
+//! budgets never exceed what the cap had left when each layer was built.
+//! Named breakers built after keyed layers reserved their budgets keep
+//! their names all the same, so the process can hold more distinct values
+//! than the cap, at most twice it. A key equal to a name in use shares that
+//! name's series.
 //!
 //! A name is released when the last breaker using it is dropped; its series
 //! then go idle.

@@ -7,9 +7,10 @@ use std::task::{Context, Poll};
 use tower::BoxError;
 use tower_service::Service;
 
-use crate::breaker::{Breaker, Ready};
+use crate::breaker::Breaker;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::future::ResponseFuture;
+use crate::state::{Refusal, Ticket};
 use crate::CircuitBreakerHandle;
 
 /// A service behind a circuit breaker. Made by [`CircuitBreakerLayer`].
@@ -57,8 +58,10 @@ pub struct CircuitBreaker<S, C = DefaultClassifier> {
     inner: S,
     breaker: Arc<Breaker>,
     classifier: C,
-    /// The decision `poll_ready` took for `call`.
-    ready: Option<Ready>,
+    /// The admission `poll_ready` decided for `call`: one word.
+    ticket: Option<Ticket>,
+    /// Or the refusal it decided.
+    refusal: Option<Refusal>,
 }
 
 impl<S, C> CircuitBreaker<S, C> {
@@ -67,7 +70,8 @@ impl<S, C> CircuitBreaker<S, C> {
             inner,
             breaker,
             classifier,
-            ready: None,
+            ticket: None,
+            refusal: None,
         }
     }
 
@@ -99,7 +103,8 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
-            ready: None,
+            ticket: None,
+            refusal: None,
         }
     }
 }
@@ -124,17 +129,24 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        let ready = match self.ready {
-            Some(ready) if self.breaker.still_ready(&ready) => ready,
-            _ => self.breaker.check(),
-        };
-        self.ready = Some(ready);
-        if let Ready::Refuse(_) = ready {
-            return Poll::Ready(Ok(()));
+        // A ticket stands while the breaker has not moved; a refusal is
+        // decided afresh.
+        if !self.ticket.is_some_and(|t| self.breaker.still_ready(t)) {
+            match self.breaker.check() {
+                Ok(ticket) => {
+                    self.ticket = Some(ticket);
+                    self.refusal = None;
+                }
+                Err(refusal) => {
+                    self.ticket = None;
+                    self.refusal = Some(refusal);
+                    return Poll::Ready(Ok(()));
+                }
+            }
         }
         match self.inner.poll_ready(cx) {
             Poll::Ready(Err(e)) => {
-                self.ready = None;
+                self.ticket = None;
                 Poll::Ready(Err(e.into()))
             }
             other => other.map_err(Into::into),
@@ -144,7 +156,14 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         // Called without poll_ready: decide now, and leave the inner
         // service's readiness contract to the inner service.
-        match self.breaker.start(self.ready.take()) {
+        let started = match self.ticket.take() {
+            Some(ticket) => self.breaker.start(ticket),
+            None => match self.refusal.take() {
+                Some(refusal) => Err(self.breaker.refused(refusal)),
+                None => self.breaker.admit(),
+            },
+        };
+        match started {
             Err(error) => ResponseFuture::rejected(error),
             Ok(call) => {
                 let future = self.inner.call(req);

@@ -35,7 +35,7 @@
 //! count window changes nothing, so it is not evaluated (the hot path).
 //!
 //! **Epochs.** Everything the hot path reads lives in one atomic word: the
-//! state, the override, the half-open permit and success counts (12 bits
+//! state, the override, the half-open permit and success counts (11 bits
 //! each), and a 36-bit epoch that every transition bumps. A call remembers
 //! the epoch it was admitted in; its outcome and its Retry-After hint count
 //! only if the epoch has not moved on, so a slow call that started while
@@ -45,9 +45,12 @@
 //!
 //! **Ordering.** Writes to the window, the streak and the hint go through a
 //! writer gate: a writer enters the gate of its epoch, checks the epoch and
-//! writes; a transition bumps the epoch, waits for the old epoch's writers
-//! to leave the gate, and only then resets the window and the streak or
-//! reads a late hint. So no outcome of an old epoch lands in a new one.
+//! writes; a transition publishes the new state and epoch with a settling
+//! flag, waits for the old epoch's writers to leave the gate, resets the
+//! window and the streak (reading a late hint first), and clears the flag.
+//! Writers of the new epoch that come while the flag is set wait for it to
+//! clear. So no outcome of an old epoch lands in a new one, and no outcome
+//! of the new epoch is judged against, or erased with, the old one's.
 //! Steady-state successes never enter the gate.
 //!
 //! **Admission.** `poll_ready` asks the machine to check: a ticket or a
@@ -61,7 +64,7 @@
 //! metrics, logs and hooks.
 
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -222,13 +225,18 @@ pub(crate) trait Observer {
     }
 }
 
-// The state word: | epoch:36 | successes:12 | admitted:12 | mode:2 | machine:2 |
+// The state word:
+// | epoch:36 | unused:1 | settling:1 | successes:11 | admitted:11 | mode:2 | machine:2 |
 const MACHINE_MASK: u64 = 0b11;
 const MODE_SHIFT: u64 = 2;
 const ADMITTED_SHIFT: u64 = 4;
-const SUCCESSES_SHIFT: u64 = 16;
+const SUCCESSES_SHIFT: u64 = 15;
+/// Set by a transition from the moment it publishes the new state until it
+/// has reset what the new epoch starts without (window, streak, hint):
+/// writers of the new epoch wait for it to clear.
+const SETTLING: u64 = 1 << 26;
 const EPOCH_SHIFT: u64 = 28;
-const COUNT_MASK: u64 = 0xFFF;
+const COUNT_MASK: u64 = 0x7FF;
 
 /// The epoch's width: a call would have to stay in flight across 2^36
 /// transitions (about 19 hours of nothing but transitions at one a
@@ -272,6 +280,10 @@ impl Word {
     #[inline]
     fn epoch(self) -> u64 {
         self.0 >> EPOCH_SHIFT
+    }
+    #[inline]
+    fn settling(self) -> bool {
+        self.0 & SETTLING != 0
     }
     fn machine_state(self) -> State {
         match self.machine() {
@@ -337,7 +349,7 @@ impl Ticket {
 
     /// Whether the outcome feeds the machine.
     #[inline]
-    fn is_judged(self) -> bool {
+    pub(crate) fn is_judged(self) -> bool {
         self.0.get() & TICKET_JUDGED != 0
     }
 }
@@ -358,8 +370,8 @@ pub(crate) enum Admission {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
     pub(crate) state: State,
-    /// When Open: the clock time the open duration ends.
-    open_until: u64,
+    /// When Open: the time left, as of `poll_ready`.
+    pub(crate) retry_after: Option<Duration>,
 }
 
 /// Half-open settings.
@@ -404,12 +416,19 @@ pub(crate) struct Machine {
     /// and write. A transition bumps the epoch, then waits for the old
     /// epoch's writers to leave before it resets or reads what they write.
     writers: [AtomicU32; 2],
+    /// Whether the last evaluation found fewer calls than the minimum: in a
+    /// time window, only then can a success in the current bucket (no
+    /// bucket rolled) cross a threshold, by reaching the minimum.
+    below_minimum: AtomicBool,
     rejected: AtomicU64,
     shadow_rejected: AtomicU64,
     window: Window,
     config: MachineConfig,
     jitter: Jitter,
     episode: Mutex<Episode>,
+    /// The mode `force_closed()` and `reset()` return to: NORMAL, or
+    /// DISABLED for a machine that judges nothing.
+    base_mode: u64,
 }
 
 impl Machine {
@@ -421,20 +440,24 @@ impl Machine {
             consecutive: AtomicU32::new(0),
             hint: AtomicU64::new(0),
             writers: [AtomicU32::new(0), AtomicU32::new(0)],
+            below_minimum: AtomicBool::new(true),
             rejected: AtomicU64::new(0),
             shadow_rejected: AtomicU64::new(0),
             window,
             config,
             jitter: Jitter::new(seed),
             episode: Mutex::new(Episode::default()),
+            base_mode: NORMAL,
         }
     }
 
     /// A machine that lets every call through unjudged (the Disabled
-    /// override from the start, with no transition): the keyed layer's
-    /// overflow breaker.
+    /// override from the start, with no transition, and the mode that
+    /// `force_closed()` and `reset()` return to): the keyed layer's overflow
+    /// breaker.
     pub(crate) fn unjudged(config: MachineConfig, window: Window, seed: u64) -> Self {
-        let machine = Machine::new(config, window, seed);
+        let mut machine = Machine::new(config, window, seed);
+        machine.base_mode = DISABLED;
         machine
             .word
             .store(Word::new(CLOSED, DISABLED, 0).0, Ordering::Release);
@@ -510,7 +533,7 @@ impl Machine {
             let epoch = w.epoch();
             let refusal = |state| Refusal {
                 state,
-                open_until: 0,
+                retry_after: None,
             };
             match w.mode() {
                 DISABLED => return Ok(Ticket::new(epoch, 0)),
@@ -535,7 +558,7 @@ impl Machine {
                     }
                     return Err(Refusal {
                         state: State::Open,
-                        open_until: until,
+                        retry_after: Some(Duration::from_nanos(until - now)),
                     });
                 }
                 _ => {
@@ -552,11 +575,9 @@ impl Machine {
     }
 
     /// Counts a refusal decided by [`check`](Self::check) as `call` delivers
-    /// it; returns its `retry_after`.
-    pub(crate) fn refuse(&self, refusal: Refusal, now: impl Fn() -> u64) -> Option<Duration> {
+    /// it.
+    pub(crate) fn count_refusal(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
-        (refusal.state == State::Open)
-            .then(|| Duration::from_nanos(refusal.open_until.saturating_sub(now())))
     }
 
     /// In half-open with a maximum wait: reopens if it has elapsed. Returns
@@ -665,20 +686,39 @@ impl Machine {
     /// inside the writer gate: a transition that ends this epoch waits for
     /// `write` to finish before it resets or reads what `write` wrote, and a
     /// `write` that starts after the transition sees the new epoch and does
-    /// not run. `write` must not transition.
+    /// not run. While the transition that began this epoch is still
+    /// settling (resetting the window, the streak and the hint), `write`
+    /// waits for it, so it never lands in what is being reset. `write` must
+    /// not transition.
     ///
     /// Why it holds: the gate increment and the epoch check are SeqCst, and
     /// so are the transition's epoch bump and its read of the gate. Either
     /// the increment comes first in that single order, and the transition
     /// sees it and waits; or the bump does, and the check sees the new epoch.
+    /// The transition clears the settling flag (SeqCst) after its resets, so
+    /// a writer that sees the flag clear sees the resets done.
     #[inline]
     fn gated<R>(&self, ticket: Ticket, write: impl FnOnce(Word) -> R) -> Option<R> {
         let gate = &self.writers[(ticket.epoch() & 1) as usize];
-        gate.fetch_add(1, Ordering::SeqCst);
-        let w = Word(self.word.load(Ordering::SeqCst));
-        let result = (w.epoch() == ticket.epoch()).then(|| write(w));
-        gate.fetch_sub(1, Ordering::Release);
-        result
+        let mut spins = 0u32;
+        loop {
+            gate.fetch_add(1, Ordering::SeqCst);
+            let w = Word(self.word.load(Ordering::SeqCst));
+            if w.epoch() != ticket.epoch() {
+                gate.fetch_sub(1, Ordering::Release);
+                return None;
+            }
+            if !w.settling() {
+                let result = write(w);
+                gate.fetch_sub(1, Ordering::Release);
+                return Some(result);
+            }
+            // The transition that began this epoch is still resetting: out
+            // of the gate (it does not wait for this epoch's writers) until
+            // it is done.
+            gate.fetch_sub(1, Ordering::Release);
+            backoff(&mut spins);
+        }
     }
 
     /// Waits for the writers of `epoch` to leave the gate. Called by a
@@ -688,12 +728,7 @@ impl Machine {
         let gate = &self.writers[(epoch & 1) as usize];
         let mut spins = 0u32;
         while gate.load(Ordering::SeqCst) != 0 {
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            backoff(&mut spins);
         }
     }
 
@@ -709,7 +744,8 @@ impl Machine {
             return None;
         }
         let w = self.load();
-        if w.epoch() != ticket.epoch() || w.machine() != CLOSED {
+        // Closed, and not settling (a success then waits in the gate).
+        if w.epoch() != ticket.epoch() || w.0 & (MACHINE_MASK | SETTLING) != CLOSED {
             return None;
         }
         if self.consecutive.load(Ordering::Relaxed) != 0 || self.hint.load(Ordering::Relaxed) != 0 {
@@ -744,9 +780,12 @@ impl Machine {
 
     /// Records a call's outcome. Returns whether the window's totals or the
     /// failure streak changed (the rates and trip risk need refreshing).
-    /// Every judged outcome that changes the totals is evaluated against the
-    /// policies (in a time window, every judged outcome: old buckets age
-    /// out and the minimum may be reached with time alone).
+    /// Every judged outcome that can make a policy fire is evaluated: in a
+    /// count window, every one that changes the totals; in a time window,
+    /// every failure or slow call, every call that rolls a bucket (old ones
+    /// have aged out), and every call while the window holds fewer than the
+    /// minimum. A success added to the current bucket of a time window that
+    /// holds the minimum only lowers the rates, and is not evaluated.
     #[inline]
     pub(crate) fn record(
         &self,
@@ -797,7 +836,7 @@ impl Machine {
         let Some(changed) = written else {
             return false;
         };
-        if changed || self.window.needs_time() {
+        if changed || (self.window.needs_time() && self.below_minimum.load(Ordering::Relaxed)) {
             self.evaluate(ticket, now, obs);
         }
         changed
@@ -812,6 +851,10 @@ impl Machine {
         }
         let counts = self.window.counts(now);
         let consecutive = self.consecutive.load(Ordering::Acquire);
+        self.below_minimum.store(
+            counts.calls < self.config.policy.minimum_calls,
+            Ordering::Relaxed,
+        );
         if let Some(reason) = self.config.policy.evaluate(&counts, consecutive) {
             self.transition(Some(ticket.epoch()), Target::Open, reason, now, obs);
         }
@@ -897,11 +940,16 @@ impl Machine {
     /// Moves the machine, unless `expect` is given and the epoch has moved on.
     /// Returns whether this call made the transition.
     ///
-    /// The order matters: the epoch is bumped first (outcomes of the old
-    /// epoch are ignored from then on), then the transition waits for the
-    /// old epoch's writers still inside the gate, and only then resets the
-    /// window, the streak and the hint, or reads a late hint. So no outcome
-    /// of an old epoch lands in a new one.
+    /// The order matters: the new state is published with a new epoch and
+    /// the settling flag (outcomes of the old epoch are ignored from then
+    /// on, and writers of the new one wait), then the transition waits for
+    /// the old epoch's writers still inside the gate, resets the window, the
+    /// streak and the hint (reading a late hint first), and clears the flag.
+    /// So no outcome of an old epoch lands in a new one, and no outcome of
+    /// the new epoch is judged against, or erased with, the old one's.
+    ///
+    /// A trip by a policy is checked again under the lock, against the
+    /// window and streak as they are then.
     pub(crate) fn transition(
         &self,
         expect: Option<u64>,
@@ -916,12 +964,26 @@ impl Machine {
             if expect.is_some_and(|e| e != w.epoch()) {
                 return false;
             }
+            let policy_trip = matches!(
+                reason,
+                Reason::ConsecutiveFailures | Reason::FailureRate | Reason::SlowCallRate
+            );
+            let reason = if policy_trip {
+                let counts = self.window.counts(now);
+                let consecutive = self.consecutive.load(Ordering::Acquire);
+                match self.config.policy.evaluate(&counts, consecutive) {
+                    Some(reason) => reason,
+                    None => return false,
+                }
+            } else {
+                reason
+            };
             let snapshot = self.snapshot_of(w, now);
             let (machine, mode) = match target {
                 // The machine closing itself keeps an override (shadow mode);
                 // closing by hand lifts it.
                 Target::Closed if reason != Reason::Manual => (CLOSED, w.mode()),
-                Target::Closed | Target::Reset => (CLOSED, NORMAL),
+                Target::Closed | Target::Reset => (CLOSED, self.base_mode),
                 Target::Open => (OPEN, w.mode()),
                 Target::HalfOpen => (HALF_OPEN, w.mode()),
                 Target::Disabled => (w.machine(), DISABLED),
@@ -947,7 +1009,7 @@ impl Machine {
             // Only permit and success counts change outside the lock, and they
             // are reset here, so retry until the word is ours.
             let next = loop {
-                let next = Word::new(machine, mode, w.epoch().wrapping_add(1));
+                let next = Word(Word::new(machine, mode, w.epoch().wrapping_add(1)).0 | SETTLING);
                 match self
                     .word
                     .compare_exchange(w.0, next.0, Ordering::SeqCst, Ordering::Acquire)
@@ -974,6 +1036,7 @@ impl Machine {
                     || matches!(target, Target::Closed | Target::Reset | Target::MetricsOnly))
             {
                 self.window.clear();
+                self.below_minimum.store(true, Ordering::Relaxed);
                 self.consecutive.store(0, Ordering::Release);
                 episode.attempt = 0;
             }
@@ -982,6 +1045,8 @@ impl Machine {
                 self.rejected.store(0, Ordering::Release);
                 self.shadow_rejected.store(0, Ordering::Release);
             }
+            // Settled: writers of the new epoch may go.
+            self.word.fetch_and(!SETTLING, Ordering::SeqCst);
             let shadow = w.mode() == METRICS_ONLY && next.mode() == METRICS_ONLY;
             let (from, to) = if shadow {
                 (w.machine_state(), next.machine_state())
@@ -1049,6 +1114,16 @@ impl Machine {
                 1.0
             },
         }
+    }
+}
+
+/// Waits a little: spins first, then yields to the thread it waits for.
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
@@ -1179,5 +1254,52 @@ mod tests {
         assert_eq!(snapshot.consecutive_failures, 0);
         // After the bump, the gate turns old tickets away.
         assert_eq!(m.gated(t, |_| ()), None);
+    }
+
+    /// An outcome of the new epoch, recorded while the transition that
+    /// began it is still resetting, waits for the reset: it is neither
+    /// judged against the old streak nor erased with it. (Published before
+    /// the reset, the new state let a failure right after a recovery re-trip
+    /// a breaker on the streak that tripped it before.)
+    #[test]
+    fn a_new_epoch_write_waits_for_the_reset() {
+        let m = Arc::new(machine(4));
+        for _ in 0..3 {
+            m.record(ticket(&m), FAILED, 0, 0, &Quiet);
+        }
+        assert_eq!(m.consecutive_failures(), 3);
+        let t = ticket(&m);
+        let (transition, writer) = m
+            .gated(t, |_| {
+                let transition = {
+                    let m = m.clone();
+                    std::thread::spawn(move || {
+                        m.transition(None, Target::Closed, Reason::Manual, 0, &Quiet)
+                    })
+                };
+                while m.is_current(t) {
+                    std::thread::yield_now();
+                }
+                // Published, settling, and waiting for this old writer.
+                let fresh = ticket(&m);
+                let writer = {
+                    let m = m.clone();
+                    std::thread::spawn(move || m.record(fresh, FAILED, 0, 0, &Quiet))
+                };
+                for _ in 0..100_000 {
+                    if writer.is_finished() {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                assert!(!writer.is_finished(), "wrote before the reset");
+                (transition, writer)
+            })
+            .unwrap();
+        assert!(transition.join().unwrap());
+        assert!(writer.join().unwrap());
+        assert_eq!(m.state(), State::Closed, "one failure after the reset");
+        assert_eq!(m.consecutive_failures(), 1);
+        assert_eq!(m.snapshot(0).failures, 1);
     }
 }

@@ -246,7 +246,7 @@ fn the_edges_of_the_valid_ranges_build() {
             "time window max buckets",
             b().time_window(Duration::from_secs(10), 10_000),
         ),
-        ("permits max", b().half_open_permits(4_095)),
+        ("permits max", b().half_open_permits(2_047)),
         (
             "successes = permits",
             b().half_open_permits(5).half_open_successes(5),

@@ -8,8 +8,8 @@ use futures::FutureExt;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_breaker::{CircuitBreakerLayer, State};
 
-/// 2^24 real transitions: about 5 s optimized, so `.ci/reliability` runs
-/// it (`--ignored`, profile `reliability`).
+/// 2^24 real transitions: about 2 s optimized (minutes unoptimized), so
+/// `.ci/reliability` runs it (`--ignored`, profile `reliability`).
 #[test]
 #[ignore = "2^24 transitions: run optimized by .ci/reliability"]
 fn a_call_in_flight_across_2_pow_24_transitions_is_not_judged() {

@@ -274,6 +274,19 @@ fn keys_past_max_keys_share_the_overflow_breaker() {
     let overflow = layer.overflow_handle().unwrap();
     assert_eq!(overflow.state(), State::Disabled);
     assert_eq!(overflow.name(), "__overflow__");
+    // Its handle can force it open; closing or resetting it returns it to
+    // judging nothing (not to a Closed breaker that junk keys could trip).
+    overflow.force_open();
+    assert!(rejected_by(call(&mut svc, get("http://k4/"))).is_some());
+    overflow.force_closed();
+    assert_eq!(overflow.state(), State::Disabled);
+    overflow.force_open();
+    overflow.reset();
+    assert_eq!(overflow.state(), State::Disabled);
+    for _ in 0..10 {
+        call(&mut svc, get("http://k3/")).unwrap_err();
+    }
+    assert_eq!(call(&mut svc, get("http://k4/")).unwrap(), "ok");
 }
 
 fn gauge(
@@ -417,21 +430,14 @@ async fn sweeps_run_on_their_own_from_calls_and_inserts() {
         .await
         .unwrap();
     tokio::time::advance(Duration::from_secs(25)).await;
-
-    // Calls for a known key: the 256th of this service checks for a sweep.
-    for _ in 0..253 {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(get("http://stay.sweep.test/"))
-            .await
-            .unwrap();
-    }
     assert_eq!(layer.len(), 2);
-    svc.ready()
-        .await
-        .unwrap()
-        .call(get("http://stay.sweep.test/"))
+
+    // A call for a known key finds a sweep due (every 5 s), through a fresh
+    // clone of the service, as a service cloned per request is. (Sweeps used
+    // to be checked every 256 calls of one clone, so with a clone per
+    // request they never ran from calls.)
+    svc.clone()
+        .oneshot(get("http://stay.sweep.test/"))
         .await
         .unwrap();
     assert!(layer.handle("gone.sweep.test").is_none());

@@ -31,17 +31,19 @@ fn keys_past_the_process_label_cap_overflow_until_labels_free_up() {
             .unwrap()
     };
 
+    assert_eq!(layer.label_budget(), 3);
     for key in ["a", "b", "c", "d", "e"] {
         call(key);
     }
-    // Three labels exist in the process: d and e share the overflow breaker.
-    assert_eq!(layer.len(), 3);
-    assert!(layer.handle("d").is_none());
-    assert_eq!(layer.overflow_handle().unwrap().name(), "__overflow__");
+    // Three labels for this layer: d and e are judged by breakers of their
+    // own (named after them), which report under `__overflow__`.
+    assert_eq!(layer.len(), 5);
+    assert_eq!(layer.handle("d").unwrap().name(), "d");
+    assert!(layer.overflow_handle().is_none(), "no key past max_keys");
 
-    // Eviction frees labels; new keys get breakers of their own again.
+    // Eviction frees labels; new keys get labels of their own again.
     manual.advance(Duration::from_secs(10));
-    assert_eq!(layer.evict_idle(), 3);
+    assert_eq!(layer.evict_idle(), 5);
     call("f");
     assert_eq!(layer.handle("f").unwrap().name(), "f");
     assert_eq!(layer.len(), 1);

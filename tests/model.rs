@@ -276,8 +276,8 @@ enum Admit {
 #[derive(Clone, Copy, Debug)]
 enum Decision {
     Go(Ticket),
-    /// The state, and when Open the end of the open duration.
-    Refused(State, u64),
+    /// The state, and when Open the time left as of `poll_ready`.
+    Refused(State, Option<Duration>),
 }
 
 /// Metrics the model expects one step to emit.
@@ -611,7 +611,7 @@ impl Model {
                         ..ticket
                     })
                 }
-                Mode::ForcedOpen => return Decision::Refused(State::ForcedOpen, 0),
+                Mode::ForcedOpen => return Decision::Refused(State::ForcedOpen, None),
                 Mode::MetricsOnly => {
                     return Decision::Go(Ticket {
                         deferred: true,
@@ -627,7 +627,8 @@ impl Model {
                         self.transition(Target::HalfOpen, "timeout_elapsed");
                         continue;
                     }
-                    return Decision::Refused(State::Open, self.open_until);
+                    let left = Duration::from_nanos(self.open_until - self.now);
+                    return Decision::Refused(State::Open, Some(left));
                 }
                 Phase::HalfOpen => {
                     if self
@@ -638,7 +639,7 @@ impl Model {
                         continue;
                     }
                     if self.admitted >= self.permits {
-                        return Decision::Refused(State::HalfOpen, 0);
+                        return Decision::Refused(State::HalfOpen, None);
                     }
                     return Decision::Go(Ticket {
                         deferred: true,
@@ -667,14 +668,12 @@ impl Model {
                 start: self.now,
                 ..t
             }),
-            Decision::Refused(state, until) => {
+            Decision::Refused(state, retry_after) => {
                 self.rejected += 1;
                 self.emitted
                     .count(key("requests_total", &[("status", "rejected")]));
                 self.emitted
                     .count(key("rejections_total", &[("state", state.as_str())]));
-                let retry_after = (state == State::Open)
-                    .then(|| Duration::from_nanos(until.saturating_sub(self.now)));
                 Admit::Refused(state, retry_after)
             }
             Decision::Go(_) => self.admit(),

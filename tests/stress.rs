@@ -351,6 +351,13 @@ fn racing_calls_through_half_open() {
     let mut rejected = 0;
     for (ck, _, _, value) in snapshotter.snapshot().into_vec() {
         let key = ck.key();
+        // Other tests of this binary report into the same recorder.
+        if !key
+            .labels()
+            .any(|l| l.key() == "service" && l.value() == "stress")
+        {
+            continue;
+        }
         if let DebugValue::Counter(n) = value {
             if key.name() == "circuit_breaker_transitions_total" {
                 transitions += n;
@@ -384,4 +391,88 @@ fn racing_calls_through_half_open() {
         "stress: seed {seed}, {rounds} rounds, {calls} calls, {hooked} transitions, \
          {half_open_periods} half-open periods ({probe_rounds} probe-only rounds) in {elapsed:.2?}"
     );
+}
+
+/// A failure admitted right after a recovery, while the closing transition
+/// is still resetting the window and the streak, is judged in the fresh
+/// window: with `consecutive_failures(5)` one failure never re-trips. (The
+/// new state used to be published before the reset, so that failure saw
+/// the old streak of 5 and tripped again; a large window makes the reset
+/// long enough to hit.)
+#[test]
+fn one_failure_after_a_recovery_does_not_retrip() {
+    use futures::channel::oneshot;
+    use futures::FutureExt;
+
+    enum Req {
+        Fail,
+        Wait(oneshot::Receiver<bool>),
+    }
+    let rounds = env("STRESS_RETRIP_ROUNDS", 10);
+    for round in 0..rounds {
+        let (clock, manual) = Clock::manual();
+        let layer = CircuitBreakerLayer::builder()
+            .name(format!("retrip-{round}"))
+            .clock(clock)
+            .consecutive_failures(5)
+            .without_failure_rate()
+            // Only to make the closing transition's reset take a while.
+            .count_window(1_000_000)
+            .half_open_permits(1)
+            .open_duration(Backoff::fixed(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let svc = layer.layer(service_fn(|req: Req| async move {
+            match req {
+                Req::Fail => Err(std::io::Error::other("down")),
+                Req::Wait(rx) => match rx.await {
+                    Ok(true) => Ok(()),
+                    _ => Err(std::io::Error::other("down")),
+                },
+            }
+        }));
+        for _ in 0..5 {
+            svc.clone()
+                .oneshot(Req::Fail)
+                .now_or_never()
+                .unwrap()
+                .unwrap_err();
+        }
+        assert_eq!(handle.state(), State::Open);
+        manual.advance(Duration::from_secs(1));
+
+        // The probe takes the only permit and waits.
+        let (tx, rx) = oneshot::channel();
+        let mut probe_svc = svc.clone();
+        probe_svc.ready().now_or_never().unwrap().unwrap();
+        let mut probe = Box::pin(probe_svc.call(Req::Wait(rx)));
+        assert!(probe.as_mut().now_or_never().is_none());
+
+        // Another caller keeps trying; once admitted it fails once, and stops.
+        let tries = Arc::new(AtomicUsize::new(0));
+        let hammer = {
+            let (svc, tries) = (svc.clone(), tries.clone());
+            std::thread::spawn(move || loop {
+                tries.fetch_add(1, Ordering::Relaxed);
+                match svc.clone().oneshot(Req::Fail).now_or_never().unwrap() {
+                    Err(e) if e.is::<CircuitOpen>() => continue,
+                    Err(_) => return,
+                    Ok(_) => unreachable!(),
+                }
+            })
+        };
+        while tries.load(Ordering::Relaxed) < 100 {
+            std::thread::yield_now();
+        }
+        tx.send(true).unwrap();
+        probe.now_or_never().unwrap().unwrap();
+        hammer.join().unwrap();
+        assert_eq!(
+            handle.state(),
+            State::Closed,
+            "round {round}: one failure after the recovery re-tripped it"
+        );
+        assert_eq!(handle.snapshot().consecutive_failures, 1, "round {round}");
+    }
 }

@@ -156,9 +156,13 @@ async fn a_refusal_is_decided_afresh_by_the_next_poll_ready() {
 }
 
 /// Callers waiting for the inner service's readiness (here behind
-/// `ConcurrencyLimit`) when the breaker trips are judged when they call:
-/// refused while it is open, one probe once half-open. (Holding tickets
-/// from before the trip, they all used to go through, open or not.)
+/// `ConcurrencyLimit`, whose `poll_ready` returns Pending until the slot
+/// frees) when the breaker trips: their next `poll_ready` finds the ticket
+/// they hold stale and decides again, so they are refused while it is
+/// open, and one of them is the probe once half-open. (Their tickets from
+/// before the trip used to be kept across polls, so they all went through,
+/// open or not.) The re-check in `call` itself is
+/// `a_breaker_opened_between_poll_ready_and_call_refuses_the_call`.
 #[tokio::test(start_paused = true)]
 async fn callers_waiting_for_readiness_are_judged_after_a_trip() {
     let layer = CircuitBreakerLayer::builder()
