@@ -1,0 +1,97 @@
+//! A loop of calls on one path, for instruction counts under callgrind
+//! (`valgrind --tool=callgrind --collect-atstart=no
+//! --toggle-collect='*counted*'`): the count is repeatable on a
+//! shared machine, where timings are not. No recorder is installed.
+//!
+//! ```sh
+//! cargo bench --bench callgrind_loop --no-run
+//! bin=$(ls target/release/deps/callgrind_loop-* | grep -v '\.d$')
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*counted*' \
+//!     "$bin" success 100000   # paths: success failure open time keyed
+//! ```
+//!
+//! Divide the total by the number of calls. Run by `cargo bench` itself
+//! (with criterion's `--bench` argument), it makes a thousand calls of each
+//! path and exits, so the bench target stays built and working.
+
+use std::future::ready;
+use std::time::Duration;
+
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_breaker::keyed::key_fn;
+use tower_breaker::{Backoff, CircuitBreakerLayer, MetricsLevel};
+
+const PATHS: [&str; 5] = ["success", "failure", "open", "time", "keyed"];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some(path) if PATHS.contains(&path) => {
+            let n = args.next().map_or(100_000, |a| a.parse().expect("a count"));
+            run(path, n);
+        }
+        // `cargo bench` passes `--bench`: a short run of every path.
+        _ => PATHS.iter().for_each(|path| run(path, 1_000)),
+    }
+}
+
+fn run(path: &str, n: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    if path == "keyed" {
+        let layer = CircuitBreakerLayer::builder()
+            .metrics_level(MetricsLevel::Minimal)
+            .keyed(key_fn(|_: &u64| Some("upstream-1")))
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(service_fn(|x: u64| ready(Ok::<_, std::io::Error>(x))));
+        return measured_loop(&rt, &mut svc, n);
+    }
+    let builder = CircuitBreakerLayer::builder().name("callgrind");
+    let builder = match path {
+        "success" => builder,
+        "time" => builder.time_window(Duration::from_secs(10), 10),
+        "failure" => builder
+            .consecutive_failures(u32::MAX)
+            .without_failure_rate(),
+        _ => builder
+            .consecutive_failures(1)
+            .open_duration(Backoff::fixed(Duration::from_secs(3_600))),
+    };
+    let layer = builder.build().unwrap();
+    let fail = matches!(path, "failure" | "open");
+    let mut svc = layer.layer(service_fn(move |x: u64| {
+        ready(if fail {
+            Err(std::io::Error::other("down"))
+        } else {
+            Ok(x)
+        })
+    }));
+    measured_loop(&rt, &mut svc, n);
+}
+
+/// Warms up (handles resolved, clocks calibrated, the breaker tripped for
+/// the open path), then [`counted`] makes `n` calls: only it is counted.
+#[inline(never)]
+fn measured_loop<S: Service<u64>>(rt: &tokio::runtime::Runtime, svc: &mut S, n: u64) {
+    rt.block_on(async {
+        for i in 0..100 {
+            let _ = svc.ready().await.ok().unwrap().call(i).await;
+        }
+    });
+    counted(rt, svc, n);
+}
+
+#[inline(never)]
+fn counted<S: Service<u64>>(rt: &tokio::runtime::Runtime, svc: &mut S, n: u64) {
+    rt.block_on(async {
+        let mut ok = 0u64;
+        for i in 0..n {
+            if svc.ready().await.ok().unwrap().call(i).await.is_ok() {
+                ok += 1;
+            }
+        }
+        std::hint::black_box(ok);
+    });
+}
