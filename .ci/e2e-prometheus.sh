@@ -70,10 +70,18 @@ prom_port=$(free_port "${E2E_PROMETHEUS_PORT:-9090}")
 [ -n "$metrics_port" ] && [ -n "$prom_port" ] || die "no free port on 127.0.0.1"
 token="e2e-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
 printf '%s' "$token" >"$tmp/metrics-token"
+# Scoped viewers (label-based authorization): two services in full, every
+# service aggregated, every service redacted.
+scoped_token="scoped-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+aggregate_token="aggregate-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+redacted_token="redacted-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
 
 log "starting mesh_demo: ${DURATION}s, phases of ${PHASE}s, metrics on 127.0.0.1:$metrics_port"
 "$demo_bin" --duration-secs "$DURATION" --phase-secs "$PHASE" --port "$metrics_port" \
-    --gateway-port 0 --token "$token" >"$tmp/demo.log" 2>&1 &
+    --gateway-port 0 --token "$token" \
+    --viewer "$scoped_token=services=orders,payments" \
+    --viewer "$aggregate_token=services=*;view=aggregate" \
+    --viewer "$redacted_token=services=*;view=redacted" >"$tmp/demo.log" 2>&1 &
 demo_pid=$!
 started=$SECONDS
 
@@ -190,9 +198,12 @@ while kill -0 "$demo_pid" 2>/dev/null; do
         [ -n "${passed_at[i]}" ] || all=0
     done
     holds "$catalog_tripped" && catalog_opened=1
-    # Keep the latest scrape of the demo for the metrics lint below.
-    curl -sf --max-time 5 -H "Authorization: Bearer $token" "$metrics_url" >"$tmp/scrape.new" 2>/dev/null &&
-        mv "$tmp/scrape.new" "$tmp/scrape.prom"
+    # Keep the latest scrape of the demo (and of each scoped view) for the
+    # checks below.
+    for view in scrape:$token scoped:$scoped_token aggregate:$aggregate_token redacted:$redacted_token; do
+        curl -sf --max-time 5 -H "Authorization: Bearer ${view#*:}" "$metrics_url" >"$tmp/${view%%:*}.new" 2>/dev/null &&
+            mv "$tmp/${view%%:*}.new" "$tmp/${view%%:*}.prom"
+    done
     [ "$all" -eq 1 ] && [ "$catalog_opened" -eq 0 ] && [ $((SECONDS - started)) -ge $((PHASE * 4)) ] && break
     sleep 2
 done
@@ -236,6 +247,32 @@ elif [ -n "$missing" ] || [ -n "$lint" ]; then
     report "the demo's /metrics is promtool-clean with every contract family" 0 "missing:${missing:- none}; promtool: ${lint:-clean}"
 else
     report "the demo's /metrics is promtool-clean with every contract family" 1
+fi
+# Label-based authorization: each scoped token sees only its scope, and
+# every view is promtool-clean, while Prometheus scrapes with the full token.
+scoped_names=$(grep -o '\(service\|upstream\)="[^"]*"' "$tmp/scoped.prom" 2>/dev/null | cut -d'"' -f2 | sort -u | tr '\n' ' ')
+if [ -s "$tmp/scoped.prom" ] && [ "$scoped_names" = "orders payments " ] &&
+    [ -z "$(promtool check metrics <"$tmp/scoped.prom" 2>&1)" ]; then
+    report "a scoped token (services=orders,payments) sees only orders and payments" 1
+else
+    report "a scoped token (services=orders,payments) sees only orders and payments" 0 "names: ${scoped_names:-none}"
+fi
+if [ -s "$tmp/aggregate.prom" ] && ! grep -q 'service=' "$tmp/aggregate.prom" &&
+    grep -q '^circuit_breaker_state{state="closed"}' "$tmp/aggregate.prom" &&
+    [ -z "$(promtool check metrics <"$tmp/aggregate.prom" 2>&1)" ]; then
+    report "the aggregate view has no service label, and counts breakers per state" 1
+else
+    report "the aggregate view has no service label, and counts breakers per state" 0 "$(grep -m1 'service=' "$tmp/aggregate.prom" 2>/dev/null)"
+fi
+leaked=
+for name in orders payments catalog checkout frontend gateway; do
+    grep -q "$name" "$tmp/redacted.prom" 2>/dev/null && leaked="$leaked $name"
+done
+if [ -s "$tmp/redacted.prom" ] && [ -z "$leaked" ] && grep -q 'service="svc-' "$tmp/redacted.prom" &&
+    [ -z "$(promtool check metrics <"$tmp/redacted.prom" 2>&1)" ]; then
+    report "the redacted view shows no real service name" 1
+else
+    report "the redacted view shows no real service name" 0 "leaked:${leaked:- none}"
 fi
 if grep -q 'early warning: gateway -> orders' "$tmp/demo.log"; then
     report "early warning logged for gateway -> orders" 1

@@ -507,18 +507,35 @@ impl crate::exporter::MetricsEndpointBuilder {
     /// Also serves the [`DependencyGraph`] at [`JSON_PATH`]
     /// (`/dependencies.json`, `application/json`) and [`DOT_PATH`]
     /// (`/dependencies.dot`, `text/vnd.graphviz`), behind the same IP and
-    /// token checks as `/metrics`.
+    /// token checks as `/metrics`. A scoped caller sees the edges whose
+    /// caller and upstream are both in its scope, in the full view; the
+    /// aggregate and redacted views hide the edges (403).
     pub fn dependency_routes(self) -> Self {
-        self.route(
+        self.scoped_route(
             JSON_PATH,
             "application/json",
-            Arc::new(|| DependencyGraph::snapshot().to_json()),
+            Arc::new(|scope| Some(DependencyGraph::snapshot().scoped(scope)?.to_json())),
         )
-        .route(
+        .scoped_route(
             DOT_PATH,
             "text/vnd.graphviz; charset=utf-8",
-            Arc::new(|| DependencyGraph::snapshot().to_dot()),
+            Arc::new(|scope| Some(DependencyGraph::snapshot().scoped(scope)?.to_dot())),
         )
+    }
+}
+
+#[cfg(feature = "prometheus")]
+impl DependencyGraph {
+    /// The edges `scope` may see: both ends in scope, full view only.
+    fn scoped(mut self, scope: &crate::exporter::Scope) -> Option<Self> {
+        if scope.view() != crate::exporter::View::Full {
+            return None;
+        }
+        if !scope.is_everything() {
+            self.edges
+                .retain(|e| scope.allows(&e.caller) && scope.allows(&e.upstream));
+        }
+        Some(self)
     }
 }
 

@@ -107,11 +107,36 @@ pub use crate::predict::{EarlyWarning, Prediction};
 pub use crate::service::CircuitBreaker;
 pub use crate::state::{Reason, Snapshot, State, StateChange};
 
-/// The header parsers, for the fuzz targets. Not a stable API.
+/// The parsers, for the fuzz targets. Not a stable API.
 #[cfg(feature = "http")]
 #[doc(hidden)]
 pub mod __fuzz {
     pub use crate::classify::parse::{grpc_retry_pushback_ms, grpc_status, retry_after};
+
+    /// Parses an exposition and renders it in every view of a scope:
+    /// `None` if it does not parse; else each view's output, which must
+    /// parse again.
+    #[cfg(feature = "prometheus")]
+    pub fn exposition_views(text: &str, patterns: &[&str]) -> Option<Vec<String>> {
+        use crate::exporter::scope::{render, Redactor};
+        use crate::exporter::{Scope, View};
+        crate::exporter::exposition::parse(text).ok()?;
+        let redactor = Redactor::with_secret(b"fuzz");
+        let scope = Scope::services(patterns.iter().copied());
+        let views = [View::Full, View::Aggregate, View::Redacted]
+            .into_iter()
+            .map(|view| {
+                render(text, &scope.clone().with_view(view), &redactor).expect("parsed once")
+            })
+            .collect();
+        Some(views)
+    }
+
+    /// Whether `text` parses as a Prometheus text exposition.
+    #[cfg(feature = "prometheus")]
+    pub fn exposition_parses(text: &str) -> bool {
+        crate::exporter::exposition::parse(text).is_ok()
+    }
 }
 
 /// The error type of the breaker's service: the inner error, or [`CircuitOpen`].

@@ -13,7 +13,7 @@ use tower_breaker::exporter::{
 
 /// Bound on every network operation in these tests.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-const TOKEN: &str = "t0ps3cret";
+const TOKEN: &str = "t0ps3cret-t0ps3cret";
 const LOCAL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 #[derive(Debug)]
@@ -168,17 +168,21 @@ async fn missing_or_wrong_token_is_401_without_metrics() {
 }
 
 #[tokio::test]
-async fn peer_outside_allowlist_is_403_without_metrics() {
+async fn peer_outside_allowlist_is_disconnected_without_metrics() {
     // Only the configuration mentions 10.0.0.0/8; all traffic stays on 127.0.0.1.
     let ep = serve(builder().allow_network("10.0.0.0/8").bearer_token(TOKEN)).await;
     let (name, value) = auth();
-    let forwarded = [(name, value.as_str()), ("X-Forwarded-For", "10.1.2.3")];
-    let reply = request(ep.local_addr(), "GET", "/metrics", &forwarded).await;
-    assert_eq!(reply.status, 403, "{reply:?}");
-    assert!(!reply.body.contains("exporter_test_total"));
-    // The allowlist is checked before the token: no token still gives 403.
-    let reply = request(ep.local_addr(), "GET", "/metrics", &[]).await;
-    assert_eq!(reply.status, 403);
+    // The allowlist is checked at accept, on the TCP peer address: the
+    // connection is closed before any request is read, whatever the headers
+    // say.
+    let mut stream = bounded(TcpStream::connect(ep.local_addr())).await.unwrap();
+    let head = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n{name}: {value}\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n"
+    );
+    let _ = bounded(stream.write_all(head.as_bytes())).await;
+    let mut reply = Vec::new();
+    let _ = bounded(stream.read_to_end(&mut reply)).await;
+    assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
     ep.shutdown().await;
 }
 
@@ -268,6 +272,20 @@ fn build_rejects_bad_settings() {
     assert!(build_err(b().route("/g", "bad\ntype", noop)).contains("content_type"));
     assert!(build_err(b().max_connections(0)).contains("max_connections"));
     assert!(build_err(b().header_read_timeout(Duration::ZERO)).contains("header_read_timeout"));
+    // Bounds are checked in build(), not found by a panic in every connection.
+    assert!(build_err(b().header_read_timeout(Duration::MAX)).contains("header_read_timeout"));
+    assert!(build_err(b().write_timeout(Duration::MAX)).contains("write_timeout"));
+    assert!(build_err(b().connection_timeout(Duration::ZERO)).contains("connection_timeout"));
+    assert!(build_err(b().max_connections_per_ip(0)).contains("max_connections_per_ip"));
+    assert!(build_err(b().max_requests_per_connection(0)).contains("max_requests_per_connection"));
+    assert!(
+        build_err(b().auth_failure_limit(0, Duration::from_secs(1))).contains("auth_failure_limit")
+    );
+    assert!(build_err(b().auth_failure_limit(3, Duration::MAX)).contains("auth_failure_limit"));
+    // A short token can be guessed.
+    let msg = build_err(b().bearer_token("x"));
+    assert!(msg.contains("bearer_token") && msg.contains("16"), "{msg}");
+    assert!(b().bearer_token("0123456789abcdef").build().is_ok());
     let err = b().path("x").build().unwrap_err();
     assert!(std::error::Error::source(&err).is_none());
 }
@@ -287,6 +305,29 @@ fn public_bind_requires_auth_or_explicit_opt_in() {
     // Building never binds, so none of these touch the network.
     assert!(b().bind(public).bearer_token(TOKEN).build().is_ok());
     assert!(b().bind(public).allow_network("10.0.0.0/8").build().is_ok());
+    // A catch-all network admits everyone: it is no guard on its own.
+    for catch_all in ["0.0.0.0/0", "::/0"] {
+        let msg = build_err(b().bind(public).allow_network(catch_all));
+        assert!(msg.contains("catch-all"), "{msg}");
+        let msg = build_err(
+            b().bind(public)
+                .allow_network("10.0.0.0/8")
+                .allow_network(catch_all),
+        );
+        assert!(msg.contains("catch-all"), "{msg}");
+        assert!(b()
+            .bind(public)
+            .allow_network(catch_all)
+            .bearer_token(TOKEN)
+            .build()
+            .is_ok());
+        assert!(b()
+            .bind(public)
+            .allow_network(catch_all)
+            .allow_insecure_public_bind()
+            .build()
+            .is_ok());
+    }
     assert!(b()
         .bind(public)
         .allow_insecure_public_bind()

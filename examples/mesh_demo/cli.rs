@@ -8,7 +8,10 @@ usage: cargo run --example mesh_demo --all-features -- [flags]
   --duration-secs N   stop after N seconds (default: run until Ctrl-C)
   --port N            metrics endpoint port on 127.0.0.1 (default 9464; 0 = any free port)
   --gateway-port N    gateway and admin port on 127.0.0.1 (default: --port + 1; 0 = any)
-  --token T           require `Authorization: Bearer T` on /metrics, /dependencies.* and /admin
+  --token T           require `Authorization: Bearer T` (T at least 16 bytes) on /metrics, /dependencies.* and /admin
+  --viewer T=SCOPE    (repeatable) a token that sees only SCOPE on /metrics and /dependencies.*,
+                      e.g. `--viewer T=services=orders,payments-*;view=aggregate` (view: full,
+                      aggregate or redacted); needs --token
   --phase-secs N      length of each fault phase: healthy, failing, recovering (default 20)
   --rate N            load generator requests per second, all targets together (default 200)
   --help              this text";
@@ -20,6 +23,7 @@ pub(crate) struct Args {
     pub(crate) port: u16,
     pub(crate) gateway_port: Option<u16>,
     pub(crate) token: Option<String>,
+    pub(crate) viewers: Vec<(String, tower_breaker::exporter::Scope)>,
     pub(crate) phase: Duration,
     pub(crate) rate: u32,
     pub(crate) help: bool,
@@ -33,6 +37,7 @@ impl Args {
             port: 9464,
             gateway_port: None,
             token: None,
+            viewers: Vec::new(),
             phase: Duration::from_secs(20),
             rate: 200,
             help: false,
@@ -65,10 +70,23 @@ impl Args {
                 "--gateway-port" => parsed.gateway_port = Some(number(&flag, &value()?)?),
                 "--token" => {
                     let token = value()?;
-                    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err("--token must be non-empty printable ASCII".into());
+                    if token.len() < tower_breaker::exporter::MIN_TOKEN_LEN
+                        || !token.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(format!(
+                            "--token must be at least {} bytes of printable ASCII",
+                            tower_breaker::exporter::MIN_TOKEN_LEN
+                        ));
                     }
                     parsed.token = Some(token);
+                }
+                "--viewer" => {
+                    let value = value()?;
+                    let (token, scope) = value
+                        .split_once('=')
+                        .ok_or_else(|| "--viewer wants TOKEN=SCOPE".to_owned())?;
+                    let scope = scope.parse().map_err(|e| format!("--viewer: {e}"))?;
+                    parsed.viewers.push((token.to_owned(), scope));
                 }
                 "--phase-secs" => {
                     let secs: u64 = number(&flag, &value()?)?;
@@ -86,6 +104,9 @@ impl Args {
                 }
                 _ => return Err(format!("unknown flag {flag:?}")),
             }
+        }
+        if !parsed.viewers.is_empty() && parsed.token.is_none() {
+            return Err("--viewer needs --token: without a token everyone sees everything".into());
         }
         Ok(parsed)
     }
@@ -131,7 +152,7 @@ mod tests {
             "30",
             "--port=0",
             "--token",
-            "s3cret",
+            "s3cret-s3cret-s3cret",
             "--phase-secs=5",
             "--rate",
             "90",
@@ -139,13 +160,30 @@ mod tests {
         .unwrap();
         assert_eq!(args.duration, Some(Duration::from_secs(30)));
         assert_eq!((args.port, args.gateway_port()), (0, 0));
-        assert_eq!(args.token.as_deref(), Some("s3cret"));
+        assert_eq!(args.token.as_deref(), Some("s3cret-s3cret-s3cret"));
         assert_eq!((args.phase, args.rate), (Duration::from_secs(5), 90));
         assert_eq!(
             parse(&["--gateway-port", "8080"]).unwrap().gateway_port(),
             8080
         );
         assert!(parse(&["--help"]).unwrap().help);
+        let args = parse(&[
+            "--token",
+            "s3cret-s3cret-s3cret",
+            "--viewer",
+            "team-token-0123456789=services=orders,payments-*;view=aggregate",
+            "--viewer=other-token-0123456789=services=catalog",
+        ])
+        .unwrap();
+        assert_eq!(args.viewers.len(), 2);
+        assert_eq!(args.viewers[0].0, "team-token-0123456789");
+        assert_eq!(
+            args.viewers[0].1.view(),
+            tower_breaker::exporter::View::Aggregate
+        );
+        assert!(args.viewers[1].1.allows("catalog"));
+        let err = parse(&["--viewer", "t=services=a"]).unwrap_err();
+        assert!(err.contains("--token"), "{err}");
     }
 
     #[test]
@@ -158,6 +196,9 @@ mod tests {
             (&["--rate", "x"], "--rate"),
             (&["--token", ""], "--token"),
             (&["--token", "a b"], "--token"),
+            (&["--token", "too-short"], "--token"),
+            (&["--viewer", "no-scope-here"], "--viewer"),
+            (&["--viewer", "tok=view=full"], "--viewer"),
             (&["--bogus"], "--bogus"),
         ] {
             let err = parse(args).unwrap_err();

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --example mesh_demo --all-features
-//! cargo run --example mesh_demo --all-features -- --duration-secs 120 --phase-secs 15 --token s3cret
+//! cargo run --example mesh_demo --all-features -- --duration-secs 120 --phase-secs 15 --token s3cret-s3cret-s3cret
 //! ```
 //!
 //! Everything listens on 127.0.0.1:
@@ -93,6 +93,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .dependency_routes();
     if let Some(token) = &args.token {
         endpoint = endpoint.bearer_token(token.clone());
+    }
+    for (token, scope) in &args.viewers {
+        endpoint = endpoint.viewer(token.clone(), scope.clone());
     }
     let metrics = endpoint.build()?.serve().await?;
     let metrics_addr = metrics.local_addr();
