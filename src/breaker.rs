@@ -39,6 +39,18 @@ pub(crate) struct Breaker {
     predictor: Option<Predictor>,
     /// This breaker's `caller -> name` edge, when it has a caller.
     pub(crate) dependency: OnceLock<EdgeGuard>,
+    /// The last transition, for the status page.
+    last_transition: std::sync::Mutex<Option<LastTransition>>,
+}
+
+/// A transition as the status page shows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LastTransition {
+    pub(crate) from: State,
+    pub(crate) to: State,
+    pub(crate) reason: Reason,
+    /// Clock nanoseconds.
+    pub(crate) at: u64,
 }
 
 /// What the dependency graph shows of a breaker.
@@ -79,6 +91,7 @@ impl Breaker {
             hooks,
             predictor: None,
             dependency: OnceLock::new(),
+            last_transition: std::sync::Mutex::new(None),
         }
     }
 
@@ -151,6 +164,29 @@ impl Breaker {
             error_rate: counts.failure_rate(),
             trip_risk: self.trip_risk(&counts, now),
         }
+    }
+
+    /// What the status page shows of the breaker now: its snapshot, the
+    /// time since it entered its state, and its last transition with the
+    /// time since (seconds).
+    pub(crate) fn status(&self) -> (crate::Snapshot, f64, Option<(LastTransition, f64)>) {
+        let now = self.clock.now();
+        let mut snapshot = self.machine.snapshot(now);
+        snapshot.trip_risk = self.trip_risk(
+            &crate::window::Counts {
+                calls: snapshot.calls,
+                failures: snapshot.failures,
+                slow: snapshot.slow_calls,
+            },
+            now,
+        );
+        let secs = |at: u64| now.saturating_sub(at) as f64 * 1e-9;
+        let since = secs(self.machine.phase_since());
+        let last = *self
+            .last_transition
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        (snapshot, since, last.map(|t| (t, secs(t.at))))
     }
 
     /// The policies' risk, raised to the projected risk under early warning.
@@ -426,6 +462,15 @@ impl Breaker {
 impl Observer for Breaker {
     fn on_transition_locked(&self, change: &StateChange) {
         self.metrics.transition(change);
+        *self
+            .last_transition
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(LastTransition {
+            from: change.from,
+            to: change.to,
+            reason: change.reason,
+            at: self.clock.now(),
+        });
         let handles = self.handles();
         if let Some(recovery) = change.recovery {
             handles.recovered(recovery.as_secs_f64());

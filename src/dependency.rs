@@ -534,6 +534,8 @@ impl DependencyGraph {
         if !scope.is_everything() {
             self.edges
                 .retain(|e| scope.allows(&e.caller) && scope.allows(&e.upstream));
+            // The edges refused mesh-wide are not this scope's to count.
+            self.refused = 0;
         }
         Some(self)
     }

@@ -668,6 +668,7 @@ impl Template {
         .with_predictor(predictor);
         let breaker = Arc::new(breaker);
         crate::dependency::track(&breaker, self.caller.as_deref());
+        crate::live::register(&breaker);
         breaker
     }
 

@@ -83,6 +83,7 @@ mod future;
 mod handle;
 pub mod keyed;
 mod layer;
+mod live;
 pub mod metrics;
 mod padded;
 mod policy;

@@ -176,8 +176,50 @@ pub(crate) struct Names {
     pub(crate) dependency: SharedString,
 }
 
+/// The suffixes of the metric names, after the prefix and `_`.
+const SUFFIXES: [&str; 11] = [
+    "state",
+    "transitions_total",
+    "error_rate",
+    "slow_call_rate",
+    "requests_total",
+    "request_duration_seconds",
+    "rejections_total",
+    "failures_total",
+    "recovery_duration_seconds",
+    "trip_risk",
+    "dependency",
+];
+
+/// Every metric prefix a breaker was configured with in this process.
+fn prefixes() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    static PREFIXES: OnceLock<Mutex<std::collections::BTreeSet<String>>> = OnceLock::new();
+    PREFIXES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `family` is the name of a metric family breakers report (with
+/// the default prefix or any prefix configured in this process).
+pub(crate) fn is_breaker_family(family: &str) -> bool {
+    let matches = |prefix: &str| {
+        family
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(|suffix| SUFFIXES.contains(&suffix))
+    };
+    matches(DEFAULT_PREFIX) || prefixes().iter().any(|p| matches(p))
+}
+
 impl Names {
     pub(crate) fn new(prefix: &str) -> Self {
+        if prefix != DEFAULT_PREFIX {
+            let mut known = prefixes();
+            if !known.contains(prefix) {
+                known.insert(prefix.to_owned());
+            }
+        }
         let n = |suffix: &str| SharedString::from(format!("{prefix}_{suffix}"));
         Names {
             state: n("state"),

@@ -483,6 +483,11 @@ impl Machine {
         self.load().state()
     }
 
+    /// When the machine last changed state or override (clock nanoseconds).
+    pub(crate) fn phase_since(&self) -> u64 {
+        self.phase_since.load(Ordering::Acquire)
+    }
+
     pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive.load(Ordering::Acquire)
     }

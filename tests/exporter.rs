@@ -282,6 +282,13 @@ fn build_rejects_bad_settings() {
         build_err(b().auth_failure_limit(0, Duration::from_secs(1))).contains("auth_failure_limit")
     );
     assert!(build_err(b().auth_failure_limit(3, Duration::MAX)).contains("auth_failure_limit"));
+    let msg = build_err(b().max_connections(usize::MAX));
+    assert!(
+        msg.contains("max_connections") && msg.contains("65536"),
+        "{msg}"
+    );
+    let msg = build_err(b().redaction_key("short"));
+    assert!(msg.contains("redaction_key"), "{msg}");
     // A short token can be guessed.
     let msg = build_err(b().bearer_token("x"));
     assert!(msg.contains("bearer_token") && msg.contains("16"), "{msg}");
@@ -305,8 +312,8 @@ fn public_bind_requires_auth_or_explicit_opt_in() {
     // Building never binds, so none of these touch the network.
     assert!(b().bind(public).bearer_token(TOKEN).build().is_ok());
     assert!(b().bind(public).allow_network("10.0.0.0/8").build().is_ok());
-    // A catch-all network admits everyone: it is no guard on its own.
-    for catch_all in ["0.0.0.0/0", "::/0"] {
+    // A catch-all network admits (nearly) everyone: no guard on its own.
+    for catch_all in ["0.0.0.0/0", "::/0", "0.0.0.0/1", "::ffff:0:0/96"] {
         let msg = build_err(b().bind(public).allow_network(catch_all));
         assert!(msg.contains("catch-all"), "{msg}");
         let msg = build_err(

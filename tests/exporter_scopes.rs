@@ -30,6 +30,9 @@ const SERVICES: [&str; 5] = [
     "a/b_c",
 ];
 
+/// A name the label sanitizer changes (to `pay_ments-eu`): not `payments-*`.
+const SANITIZED: &str = "pay ments-eu";
+
 async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -59,6 +62,19 @@ fn recorder_with_traffic() -> (
     let mut keep = Vec::new();
     metrics::with_local_recorder(&recorder, || {
         metrics::counter!("unrelated_app_total").increment(7);
+        // An application's series with a `service` label and a label that
+        // names another service: only the everything scope sees it.
+        metrics::counter!(
+            "http_client_requests_total",
+            "service" => "orders",
+            "target" => "payments-eu.internal"
+        )
+        .increment(3);
+        let odd = CircuitBreakerLayer::builder()
+            .name(SANITIZED)
+            .build()
+            .unwrap();
+        keep.push(odd.handle());
         for (i, name) in SERVICES.iter().enumerate() {
             let layer = CircuitBreakerLayer::builder()
                 .name(*name)
@@ -161,6 +177,8 @@ async fn each_credential_sees_only_its_scope() {
     let (status, everything) = get(addr, "/metrics", Some(EVERYTHING)).await;
     assert_eq!(status, 200);
     assert!(everything.contains("unrelated_app_total 7"));
+    assert!(everything.contains("http_client_requests_total"));
+    assert!(everything.contains("service=\"pay_ments-eu\""));
     for name in SERVICES {
         assert!(
             everything.contains(&format!("service=\"{name}\"")),
@@ -188,7 +206,15 @@ async fn each_credential_sees_only_its_scope() {
     assert!(series(&payments)
         .iter()
         .all(|(_, labels, _)| labels.contains_key("service")));
-    for hidden in ["orders", "ledger", "a/b_c", "unrelated", "gateway"] {
+    for hidden in [
+        "orders",
+        "ledger",
+        "a/b_c",
+        "unrelated",
+        "gateway",
+        "http_client",
+        "pay_ments",
+    ] {
         assert!(!payments.contains(hidden), "{hidden} leaked: {payments}");
     }
     // Its dependency graph: only payments-eu -> payments-us.
@@ -228,7 +254,7 @@ async fn each_credential_sees_only_its_scope() {
     );
     assert_eq!(
         value("circuit_breaker_state", Some(("state", "closed"))),
-        Some(4.0)
+        Some(5.0)
     );
     assert_eq!(
         value(
@@ -256,7 +282,10 @@ async fn each_credential_sees_only_its_scope() {
     let (status, redacted) = get(addr, "/metrics", Some(REDACTED)).await;
     assert_eq!(status, 200);
     write_sample("redacted", &redacted);
-    for name in SERVICES.iter().chain(&["payments", "gateway", "ledger"]) {
+    for name in SERVICES
+        .iter()
+        .chain(&["payments", "gateway", "ledger", "target", "http_client"])
+    {
         assert!(!redacted.contains(name), "{name} leaked: {redacted}");
     }
     let samples = series(&redacted);

@@ -420,9 +420,12 @@ async fn rising_latency_warns_through_the_slow_call_rate() {
     assert!(p.slope > 0.0);
 }
 
-/// Counts `warn` events whose message mentions a predicted trip.
+/// Counts `warn` events whose message mentions a predicted trip, for the
+/// service `predict-log`. Installed as the global subscriber (once, for the
+/// whole test binary): a thread-local one can miss events when another
+/// thread caches a callsite's interest meanwhile.
 #[cfg(feature = "tracing")]
-struct Warnings(Arc<AtomicUsize>);
+struct Warnings(&'static AtomicUsize);
 
 #[cfg(feature = "tracing")]
 impl tracing::Subscriber for Warnings {
@@ -435,17 +438,30 @@ impl tracing::Subscriber for Warnings {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(bool);
-        impl tracing::field::Visit for Message {
+        #[derive(Default)]
+        struct Fields {
+            predicted: bool,
+            ours: bool,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "service" && value == "predict-log" {
+                    self.ours = true;
+                }
+            }
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" && format!("{value:?}").contains("predicted to trip") {
-                    self.0 = true;
+                let text = format!("{value:?}");
+                if field.name() == "message" && text.contains("predicted to trip") {
+                    self.predicted = true;
+                }
+                if field.name() == "service" && text.trim_matches('"') == "predict-log" {
+                    self.ours = true;
                 }
             }
         }
-        let mut message = Message(false);
-        event.record(&mut message);
-        if message.0 && *event.metadata().level() == tracing::Level::WARN {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if fields.predicted && fields.ours && *event.metadata().level() == tracing::Level::WARN {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -456,8 +472,9 @@ impl tracing::Subscriber for Warnings {
 #[cfg(feature = "tracing")]
 #[tokio::test(flavor = "current_thread")]
 async fn each_crossing_logs_one_warning() {
-    let count = Arc::new(AtomicUsize::new(0));
-    let _guard = tracing::subscriber::set_default(Warnings(count.clone()));
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    tracing::subscriber::set_global_default(Warnings(&COUNT)).expect("the only global subscriber");
+    let count = &COUNT;
     let phases = |t: f64| {
         if (300.0..600.0).contains(&t) {
             0.02

@@ -82,9 +82,11 @@ impl Args {
                 }
                 "--viewer" => {
                     let value = value()?;
-                    let (token, scope) = value
-                        .split_once('=')
-                        .ok_or_else(|| "--viewer wants TOKEN=SCOPE".to_owned())?;
+                    // The scope starts at `services=` (a token may hold '=').
+                    let at = value
+                        .find("=services=")
+                        .ok_or_else(|| "--viewer wants TOKEN=services=...".to_owned())?;
+                    let (token, scope) = (&value[..at], &value[at + 1..]);
                     let scope = scope.parse().map_err(|e| format!("--viewer: {e}"))?;
                     parsed.viewers.push((token.to_owned(), scope));
                 }

@@ -90,7 +90,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Metrics first: the recorder must be there before the breakers.
     let mut endpoint = MetricsEndpoint::builder(exporter::install()?)
         .bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
-        .dependency_routes();
+        .dependency_routes()
+        .status_page();
     if let Some(token) = &args.token {
         endpoint = endpoint.bearer_token(token.clone());
     }
@@ -174,6 +175,11 @@ fn print_banner(args: &Args, metrics: SocketAddr, gateway: SocketAddr, frontend:
         Some(_) => " -H \"Authorization: Bearer $TOKEN\"",
         None => "",
     };
+    // A browser sends the token as the password of HTTP Basic auth.
+    let login = match &args.token {
+        Some(_) => "   (log in with any user name, the token as password)",
+        None => "",
+    };
     let phase = args.phase.as_secs();
     let runs = match args.duration {
         Some(d) => format!("for {} s", d.as_secs()),
@@ -183,6 +189,7 @@ fn print_banner(args: &Args, metrics: SocketAddr, gateway: SocketAddr, frontend:
         "\
 mesh_demo: a service mesh on 127.0.0.1, every hop behind a circuit breaker (runs {runs})
 
+  status page   http://{metrics}/breakers{login}   (live tiles and the dependency graph)
   metrics       curl{auth} http://{metrics}/metrics
   dependencies  curl{auth} http://{metrics}/dependencies.json
                 curl{auth} http://{metrics}/dependencies.dot | dot -Tsvg > deps.svg

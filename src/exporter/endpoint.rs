@@ -4,8 +4,8 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::error::{ErrorKind, ExporterError};
@@ -25,6 +25,7 @@ use super::guard::{PeerLimits, PeerSlot, Peers, Throttle};
 use super::io::WriteTimeout;
 use super::net::IpNet;
 use super::scope::{self, Redactor, Scope};
+use super::status::{self, STATUS_JSON_PATH, STATUS_PAGE_PATH};
 
 /// Default bind address of [`MetricsEndpoint`]: loopback only.
 pub const DEFAULT_BIND: SocketAddr =
@@ -57,6 +58,9 @@ pub const DEFAULT_AUTH_FAILURES: u32 = 10;
 /// The shortest bearer token [`MetricsEndpointBuilder::build`] accepts, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// The most connections [`MetricsEndpointBuilder::max_connections`] may allow.
+pub const MAX_CONNECTIONS: usize = 65_536;
+
 /// The longest any of the endpoint's timeouts may be.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -84,17 +88,24 @@ pub type ScopedRouteHandler = Arc<dyn Fn(&Scope) -> Option<String> + Send + Sync
 ///   once, before it takes a connection slot.
 /// - **Connection caps.** At most [`max_connections`] at once, and at most
 ///   [`max_connections_per_ip`] per peer (an IPv4 address, or an IPv6 /64),
-///   so one client cannot take every slot.
+///   so one client cannot take every slot. When every slot is taken, a
+///   newcomer closes the oldest connection that has not authenticated yet
+///   (one that has sent no request with a valid credential), so silent
+///   connections from many peers cannot starve the scraper either.
 /// - **Deadlines.** A request head must arrive within
 ///   [`header_read_timeout`]; a write that makes no progress for
 ///   [`write_timeout`] (a client that pipelines requests and never reads the
 ///   responses) ends the connection; every connection is closed after its
 ///   current response once it has lived [`connection_timeout`], and after
 ///   [`max_requests_per_connection`] requests.
-/// - **Failed authentication.** A peer that sends a wrong or missing token
+/// - **Failed authentication.** A peer that sends a wrong token
 ///   [`DEFAULT_AUTH_FAILURES`] times within a minute (see
-///   [`auth_failure_limit`]) gets `429 Too Many Requests`, and its new
-///   connections are closed at accept, for a minute.
+///   [`auth_failure_limit`]) gets, for a minute, `429 Too Many Requests`
+///   for each further wrong token, answered after a one-second pause: it
+///   guesses at most one token a second per connection it may hold. A valid
+///   credential is always served, so the guesses of a neighbour sharing the
+///   scraper's address (a NAT, a proxy in front, the same host) cannot lock
+///   the scraper out.
 /// - **Quiet logs.** Refusals are logged at most once per 10 s per kind, with
 ///   the number held back.
 ///
@@ -140,6 +151,7 @@ pub struct MetricsEndpointBuilder {
     allow: Vec<IpNet>,
     routes: Vec<(String, String, Handler)>,
     insecure_public_bind: bool,
+    status_page: bool,
     max_connections: usize,
     max_connections_per_ip: usize,
     header_read_timeout: Duration,
@@ -164,6 +176,7 @@ impl MetricsEndpoint {
             allow: Vec::new(),
             routes: Vec::new(),
             insecure_public_bind: false,
+            status_page: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
@@ -256,10 +269,11 @@ impl MetricsEndpointBuilder {
         self
     }
 
-    /// The secret the redacted view's service ids are keyed with. The same
-    /// secret gives the same ids in every process (so replicas can be
-    /// summed); without one, a random key is drawn and ids hold for this
-    /// process only.
+    /// The secret the redacted view's service ids are keyed with, at least
+    /// [`MIN_TOKEN_LEN`] bytes. The same secret gives the same ids in every
+    /// process (so replicas can be summed); without one, a random key is
+    /// drawn and ids hold for this process only. Keep it as secret as a
+    /// token: whoever knows it can find a name's id.
     pub fn redaction_key(mut self, secret: impl AsRef<[u8]>) -> Self {
         self.redaction_key = Some(secret.as_ref().to_vec());
         self
@@ -318,6 +332,26 @@ impl MetricsEndpointBuilder {
         self
     }
 
+    /// Also serves a live status page at [`STATUS_PAGE_PATH`] (`/breakers`)
+    /// and the JSON it polls at [`STATUS_JSON_PATH`] (`/breakers.json`),
+    /// behind the same checks: one tile per breaker of the caller's scope
+    /// (state, error and slow-call rates, trip risk, requests and
+    /// rejections per second, time in the state, the last transition),
+    /// riskiest first, with a filter box, and the dependency graph drawn as
+    /// SVG. It refreshes about once a second and says when the endpoint
+    /// stops answering. One self-contained page (HTML, CSS and JavaScript,
+    /// under 100 KB): no CDN, no external fetch, no build step.
+    ///
+    /// A browser sends no bearer token: the endpoint also takes the token as
+    /// the password of HTTP Basic authentication (any user name), and its
+    /// `401` asks for it, so the browser prompts once and sends it with the
+    /// page's requests. The redacted view shows hashed names and no graph;
+    /// the aggregate view has no breaker to show (403).
+    pub fn status_page(mut self) -> Self {
+        self.status_page = true;
+        self
+    }
+
     /// Accepts a non-loopback bind with no token or allowlist (or only a
     /// catch-all allowlist), e.g. behind a trusted network boundary. Logs a
     /// warning at startup.
@@ -333,7 +367,7 @@ impl MetricsEndpointBuilder {
     }
 
     /// Maximum concurrent connections of one peer, an IPv4 address or an
-    /// IPv6 /64 (default 8).
+    /// IPv6 /64 (default 8; at most `max_connections`).
     pub fn max_connections_per_ip(mut self, max: usize) -> Self {
         self.max_connections_per_ip = max;
         self
@@ -366,9 +400,12 @@ impl MetricsEndpointBuilder {
         self
     }
 
-    /// A peer that fails authentication `failures` times within `window` is
-    /// refused (`429`, and its new connections closed at accept) for
-    /// `window` (default 10 within a minute).
+    /// A peer that presents a wrong token `failures` times within `window`
+    /// gets, for `window`, `429` after a one-second pause for each further
+    /// wrong token (default 10 within a minute). A valid credential is
+    /// always served. A request without any credential gets its 401 but is
+    /// not counted: it guesses nothing, and a browser sends one before its
+    /// login prompt.
     pub fn auth_failure_limit(mut self, failures: u32, window: Duration) -> Self {
         self.auth_failures = failures;
         self.auth_window = window;
@@ -390,12 +427,14 @@ impl MetricsEndpointBuilder {
             return Err(error);
         }
         let mut credentials: Vec<Credential> = Vec::new();
+        let has_bearer = usize::from(self.token.is_some());
         let tokens = self.token.map(|t| (t, Scope::all())).into_iter();
         for (index, (token, scope)) in tokens.chain(self.viewers).enumerate() {
             check_token(&token)?;
             scope.validate().map_err(|e| {
                 ExporterError::new(ErrorKind::Scope {
-                    token_index: index,
+                    // Viewers counted from 1, in the order added.
+                    token_index: index + 1 - has_bearer,
                     reason: e.to_string(),
                 })
             })?;
@@ -409,8 +448,27 @@ impl MetricsEndpointBuilder {
             });
         }
         let authenticated = !credentials.is_empty();
+        if self
+            .redaction_key
+            .as_ref()
+            .is_some_and(|k| k.len() < MIN_TOKEN_LEN)
+        {
+            return Err(ExporterError::setting(
+                "redaction_key",
+                format!("must be at least {MIN_TOKEN_LEN} bytes: with a short key, ids can be found from guessed names"),
+            ));
+        }
         validate_path("path", &self.path)?;
         let mut routes: Vec<Route> = Vec::with_capacity(self.routes.len());
+        if self.status_page {
+            for path in [STATUS_PAGE_PATH, STATUS_JSON_PATH] {
+                if self.path == path || self.routes.iter().any(|r| r.0 == path) {
+                    return Err(ExporterError::new(ErrorKind::DuplicatePath(
+                        path.to_owned(),
+                    )));
+                }
+            }
+        }
         for (path, content_type, render) in self.routes {
             validate_path("route path", &path)?;
             if path == self.path || routes.iter().any(|r| r.path == path) {
@@ -435,6 +493,15 @@ impl MetricsEndpointBuilder {
                 return Err(ExporterError::setting(field, "must be at least 1"));
             }
         }
+        if self.max_connections > MAX_CONNECTIONS {
+            return Err(ExporterError::setting(
+                "max_connections",
+                format!(
+                    "must be at most {MAX_CONNECTIONS}, got {}",
+                    self.max_connections
+                ),
+            ));
+        }
         for (field, value) in [
             ("header_read_timeout", self.header_read_timeout),
             ("connection_timeout", self.connection_timeout),
@@ -453,13 +520,13 @@ impl MetricsEndpointBuilder {
             if self.allow.is_empty() {
                 return Err(ExporterError::new(ErrorKind::InsecurePublicBind(self.bind)));
             }
-            if self.allow.iter().any(IpNet::is_catch_all) {
+            if self.allow.iter().any(IpNet::is_too_wide) {
                 return Err(ExporterError::new(ErrorKind::CatchAllOnly(self.bind)));
             }
         }
         if !loopback
             && !authenticated
-            && (self.allow.is_empty() || self.allow.iter().any(IpNet::is_catch_all))
+            && (self.allow.is_empty() || self.allow.iter().any(IpNet::is_too_wide))
         {
             tracing::warn!(addr = %self.bind, "metrics endpoint is public without authentication");
         }
@@ -484,12 +551,14 @@ impl MetricsEndpointBuilder {
                 allow: self.allow,
                 routes,
                 peers: Peers::new(PeerLimits {
-                    connections: self.max_connections_per_ip,
+                    connections: self.max_connections_per_ip.min(self.max_connections),
                     auth_failures: self.auth_failures,
                     window: self.auth_window,
                     block: self.auth_window,
                 }),
                 logs: Logs::default(),
+                status_page: self.status_page,
+                status_counts: status::Counts::default(),
             }),
         })
     }
@@ -611,6 +680,8 @@ struct Logs {
     peer_full: Throttle,
     not_allowed: Throttle,
     auth: Throttle,
+    accept: Throttle,
+    closed: Throttle,
 }
 
 impl Default for Logs {
@@ -620,6 +691,27 @@ impl Default for Logs {
             peer_full: Throttle::new(LOG_EVERY),
             not_allowed: Throttle::new(LOG_EVERY),
             auth: Throttle::new(LOG_EVERY),
+            accept: Throttle::new(LOG_EVERY),
+            closed: Throttle::new(LOG_EVERY),
+        }
+    }
+}
+
+/// What `respond` decided: the response, a pause before sending it (the
+/// tarpit of a blocked peer's failed guesses), and whether the request
+/// authenticated.
+struct Answer {
+    response: Response<Full<Bytes>>,
+    delay: Option<Duration>,
+    authenticated: bool,
+}
+
+impl From<Response<Full<Bytes>>> for Answer {
+    fn from(response: Response<Full<Bytes>>) -> Self {
+        Answer {
+            response,
+            delay: None,
+            authenticated: true,
         }
     }
 }
@@ -635,6 +727,8 @@ struct State {
     routes: Vec<Route>,
     peers: Arc<Peers>,
     logs: Logs,
+    status_page: bool,
+    status_counts: status::Counts,
 }
 
 impl fmt::Debug for State {
@@ -656,17 +750,24 @@ impl State {
         self.allow.is_empty() || self.allow.iter().any(|net| net.contains(peer))
     }
 
-    fn respond<B>(&self, req: &Request<B>, peer: IpAddr) -> Response<Full<Bytes>> {
+    fn respond<B>(&self, req: &Request<B>, peer: IpAddr) -> Answer {
+        let refused = |response| Answer {
+            response,
+            delay: None,
+            authenticated: false,
+        };
         if !self.allowed(peer) {
-            return text(StatusCode::FORBIDDEN, "forbidden\n");
+            return refused(text(StatusCode::FORBIDDEN, "forbidden\n"));
         }
-        if let Some(left) = self.peers.blocked(peer) {
-            return too_many(left);
-        }
+        // A valid credential is always served, whatever others at the same
+        // address tried: only failed attempts are limited.
         let scope = match self.authenticate(req.headers()) {
             Ok(scope) => scope,
             Err(challenge) => {
-                let blocked = self.peers.auth_failed(peer);
+                // Only a token presented and wrong is a guess: a request with
+                // none is a browser's first try before its login prompt.
+                let guessed = req.headers().contains_key(header::AUTHORIZATION);
+                let blocked = guessed && self.peers.auth_failed(peer);
                 if let Some(held_back) = self.logs.auth.admit() {
                     tracing::debug!(
                         %peer,
@@ -676,15 +777,40 @@ impl State {
                     );
                 }
                 if let (true, Some(left)) = (blocked, self.peers.blocked(peer)) {
-                    return too_many(left);
+                    // Held a second before the answer: a blocked peer makes
+                    // at most one guess a second per connection it may hold.
+                    return Answer {
+                        response: too_many(left),
+                        delay: Some(TARPIT),
+                        authenticated: false,
+                    };
                 }
                 let mut resp = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-                let value = HeaderValue::from_static(challenge);
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
-                return resp;
+                let headers = resp.headers_mut();
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                // Browsers answer this one (the status page): the token is
+                // the password.
+                headers.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Basic realm=\"tower-breaker metrics\", charset=\"UTF-8\"",
+                    ),
+                );
+                return refused(resp);
             }
         };
+        self.serve(req, &scope).into()
+    }
+
+    /// The answer to an authenticated request.
+    fn serve<B>(&self, req: &Request<B>, scope: &Scope) -> Response<Full<Bytes>> {
         let path = req.uri().path();
+        if self.status_page && (path == STATUS_PAGE_PATH || path == STATUS_JSON_PATH) {
+            return self.status(req.method(), path, scope);
+        }
         let route = if path == self.path {
             None
         } else if let Some(route) = self.routes.iter().find(|r| r.path == path) {
@@ -700,13 +826,13 @@ impl State {
         }
         // For HEAD, hyper sends the headers (with the real length) and omits the body.
         let (content_type, body) = match route {
-            None => match self.metrics(&scope) {
+            None => match self.metrics(scope) {
                 Some(body) => (HeaderValue::from_static(PROMETHEUS_TEXT), body),
                 None => return text(StatusCode::INTERNAL_SERVER_ERROR, "render failed\n"),
             },
             Some(route) => {
                 let body = match &route.render {
-                    Handler::Scoped(render) => render(&scope),
+                    Handler::Scoped(render) => render(scope),
                     Handler::Plain(render) => scope.is_everything().then(|| render()),
                 };
                 match body {
@@ -718,6 +844,58 @@ impl State {
         response(StatusCode::OK, content_type, body)
     }
 
+    /// The status page and its data.
+    fn status(&self, method: &Method, path: &str, scope: &Scope) -> Response<Full<Bytes>> {
+        if method != Method::GET && method != Method::HEAD {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return resp;
+        }
+        let forbidden = || text(StatusCode::FORBIDDEN, "forbidden for this scope\n");
+        let mut resp = if path == STATUS_PAGE_PATH {
+            if !status::shows(scope) {
+                return forbidden();
+            }
+            response(
+                StatusCode::OK,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+                status::PAGE.to_owned(),
+            )
+        } else {
+            let data = status::json(scope, &self.redactor, &self.status_counts, || {
+                self.handle.render()
+            });
+            let Some(data) = data else {
+                return forbidden();
+            };
+            response(
+                StatusCode::OK,
+                HeaderValue::from_static("application/json"),
+                data,
+            )
+        };
+        let headers = resp.headers_mut();
+        // The page loads nothing from anywhere else, and may only call back.
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+        );
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        resp
+    }
+
     /// The caller's scope: that of the credential its bearer token matches
     /// (every credential is compared, in constant time each), or everything
     /// when no credential is configured; else the `WWW-Authenticate`
@@ -726,7 +904,8 @@ impl State {
         if self.credentials.is_empty() {
             return Ok(self.everything.clone());
         }
-        let Some(given) = bearer(headers) else {
+        let basic = basic_password(headers);
+        let Some(given) = bearer(headers).or(basic.as_deref()) else {
             return Err("Bearer");
         };
         let mut found = None;
@@ -789,6 +968,54 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
+/// The password of an `Authorization: Basic <base64(user:password)>` header
+/// (the status page's browser sends the token that way).
+fn basic_password(headers: &HeaderMap) -> Option<Vec<u8>> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let split = value.iter().position(|&b| b == b' ')?;
+    let (scheme, encoded) = value.split_at(split);
+    if !scheme.eq_ignore_ascii_case(b"basic") {
+        return None;
+    }
+    let decoded = base64_decode(encoded.trim_ascii())?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    let password = decoded[colon + 1..].to_vec();
+    (!password.is_empty()).then_some(password)
+}
+
+/// Standard base64 with padding; `None` on anything else.
+fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
+    fn sextet(b: u8) -> Option<u32> {
+        Some(match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    if input.is_empty() || input.len() % 4 != 0 || input.len() > 4096 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(input.len() / 4 * 3);
+    let chunks = input.len() / 4;
+    for (i, chunk) in input.chunks(4).enumerate() {
+        let pad = chunk.iter().rev().take_while(|&&b| b == b'=').count();
+        if pad > 2 || (pad > 0 && i + 1 != chunks) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &b in &chunk[..4 - pad] {
+            n = n << 6 | sextet(b)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
 /// Compares without early exit; the work depends only on `given.len()`.
 fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     if expected.is_empty() {
@@ -808,6 +1035,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let conns: Arc<Mutex<Conns>> = Arc::default();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -815,15 +1043,40 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Some(admitted) = admit(&state, &permits, peer) else {
+                    let Some(slot) = admit(&state, peer) else {
                         // Dropping the stream closes it: no slot was taken.
                         continue;
                     };
-                    let conn = serve_connection(stream, peer, Arc::clone(&state), limits, stop.clone(), admitted);
-                    connections.spawn(conn);
+                    let permit = match Arc::clone(&permits).try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        // Full: make room by closing the oldest connection
+                        // that has not authenticated yet, if there is one.
+                        Err(_) if evict_one(&conns) => None,
+                        Err(_) => {
+                            if let Some(held_back) = state.logs.busy.admit() {
+                                tracing::warn!(%peer, held_back, "metrics endpoint busy, closing connection");
+                            }
+                            continue;
+                        }
+                    };
+                    let (state, permits, conns, stop) =
+                        (Arc::clone(&state), Arc::clone(&permits), Arc::clone(&conns), stop.clone());
+                    connections.spawn(async move {
+                        let permit = match permit {
+                            Some(permit) => permit,
+                            None => match tokio::time::timeout(EVICTION_WAIT, permits.acquire_owned()).await {
+                                Ok(Ok(permit)) => permit,
+                                _ => return,
+                            },
+                        };
+                        let entry = Conns::open(&conns);
+                        serve_connection(stream, peer, state, limits, stop, (permit, slot), entry).await;
+                    });
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "metrics endpoint accept failed");
+                    if let Some(held_back) = state.logs.accept.admit() {
+                        tracing::warn!(error = %err, held_back, "metrics endpoint accept failed");
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 }
             },
@@ -838,23 +1091,89 @@ async fn accept_loop(
     tracing::info!("metrics endpoint stopped");
 }
 
-/// The slots a connection holds while it lives.
-type Admitted = (OwnedSemaphorePermit, PeerSlot);
+/// How long a newcomer waits for the slot of the connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_millis(500);
 
-/// Decides at accept whether a connection may take a slot: its peer is in
-/// the allowlist, not blocked for failed authentication, under its own cap,
-/// and the endpoint under its total cap.
-fn admit(state: &State, permits: &Arc<Semaphore>, peer: SocketAddr) -> Option<Admitted> {
+/// How long a failed authentication of a blocked peer is held before its
+/// 429: a peer guesses at most `max_connections_per_ip` tokens a second.
+const TARPIT: Duration = Duration::from_secs(1);
+
+/// The open connections, oldest first, with whether each has
+/// authenticated: when every slot is taken, a newcomer closes the oldest
+/// that has not, so idle or silent connections cannot starve the scraper.
+#[derive(Debug, Default)]
+struct Conns {
+    next: u64,
+    open: std::collections::BTreeMap<u64, ConnEntry>,
+}
+
+#[derive(Clone, Debug)]
+struct ConnEntry {
+    authenticated: Arc<AtomicBool>,
+    evict: Arc<Notify>,
+}
+
+/// A connection's place in [`Conns`], left when dropped.
+#[derive(Debug)]
+struct ConnGuard {
+    conns: Arc<Mutex<Conns>>,
+    id: u64,
+    entry: ConnEntry,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open
+            .remove(&self.id);
+    }
+}
+
+impl Conns {
+    fn open(conns: &Arc<Mutex<Conns>>) -> ConnGuard {
+        let entry = ConnEntry {
+            authenticated: Arc::new(AtomicBool::new(false)),
+            evict: Arc::new(Notify::new()),
+        };
+        let mut guard = conns.lock().unwrap_or_else(|p| p.into_inner());
+        guard.next += 1;
+        let id = guard.next;
+        guard.open.insert(id, entry.clone());
+        ConnGuard {
+            conns: Arc::clone(conns),
+            id,
+            entry,
+        }
+    }
+}
+
+/// Closes the oldest connection that has not authenticated; whether there
+/// was one.
+fn evict_one(conns: &Mutex<Conns>) -> bool {
+    let mut guard = conns.lock().unwrap_or_else(|p| p.into_inner());
+    let victim = guard
+        .open
+        .iter()
+        .find(|(_, e)| !e.authenticated.load(Ordering::Relaxed))
+        .map(|(id, _)| *id);
+    match victim.and_then(|id| guard.open.remove(&id)) {
+        Some(entry) => {
+            entry.evict.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Decides at accept whether a connection may be served: its peer is in
+/// the allowlist and under its own cap.
+fn admit(state: &State, peer: SocketAddr) -> Option<PeerSlot> {
     let ip = peer.ip();
     if !state.allowed(ip) {
         if let Some(held_back) = state.logs.not_allowed.admit() {
             tracing::debug!(%peer, held_back, "metrics connection refused: peer not in allowlist");
-        }
-        return None;
-    }
-    if state.peers.blocked(ip).is_some() {
-        if let Some(held_back) = state.logs.auth.admit() {
-            tracing::debug!(%peer, held_back, "metrics connection refused: too many failed authentications");
         }
         return None;
     }
@@ -864,14 +1183,11 @@ fn admit(state: &State, permits: &Arc<Semaphore>, peer: SocketAddr) -> Option<Ad
         }
         return None;
     };
-    let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
-        if let Some(held_back) = state.logs.busy.admit() {
-            tracing::warn!(%peer, held_back, "metrics endpoint busy, closing connection");
-        }
-        return None;
-    };
-    Some((permit, slot))
+    Some(slot)
 }
+
+/// The slots a connection holds while it lives.
+type Admitted = (OwnedSemaphorePermit, PeerSlot);
 
 /// Resolves once shutdown is signalled (or the sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -885,18 +1201,31 @@ async fn serve_connection(
     limits: ConnectionLimits,
     mut stop: watch::Receiver<bool>,
     _admitted: Admitted,
+    place: ConnGuard,
 ) {
     let peer_ip = peer.ip();
     let served = AtomicUsize::new(0);
     let max_requests = limits.max_requests;
+    let authenticated = Arc::clone(&place.entry.authenticated);
+    let logs = Arc::clone(&state);
     let service = service_fn(move |req| {
-        let mut resp = state.respond(&req, peer_ip);
+        let answer = state.respond(&req, peer_ip);
+        if answer.authenticated {
+            authenticated.store(true, Ordering::Relaxed);
+        }
+        let mut resp = answer.response;
         if served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests {
             // hyper closes the connection after this response.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        std::future::ready(Ok::<_, Infallible>(resp))
+        let delay = answer.delay;
+        async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -905,11 +1234,16 @@ async fn serve_connection(
         .max_buf_size(MAX_REQUEST_HEAD_BYTES);
     let io = TokioIo::new(WriteTimeout::new(stream, limits.write_timeout));
     let mut conn = std::pin::pin!(builder.serve_connection(io, service));
+    let evict = Arc::clone(&place.entry.evict);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();
             conn.await
+        }
+        () = evict.notified() => {
+            // Evicted for a newcomer before it authenticated: dropped.
+            Ok(())
         }
         () = tokio::time::sleep(limits.connection_timeout) => {
             // Lived long enough: finish the current response, then close;
@@ -917,12 +1251,20 @@ async fn serve_connection(
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(limits.write_timeout, conn).await {
                 Ok(result) => result,
-                Err(_) => Ok(()),
+                Err(_) => {
+                    if let Some(held_back) = logs.logs.closed.admit() {
+                        tracing::debug!(%peer, held_back, "metrics connection closed at the end of its lifetime with a response unwritten");
+                    }
+                    Ok(())
+                }
             }
         }
     };
+    drop(place);
     if let Err(err) = result {
-        tracing::debug!(%peer, error = %err, "metrics endpoint connection ended with error");
+        if let Some(held_back) = logs.logs.closed.admit() {
+            tracing::debug!(%peer, error = %err, held_back, "metrics endpoint connection ended with error");
+        }
     }
 }
 
@@ -949,5 +1291,34 @@ mod tests {
         assert!(!constant_time_eq(b"sec", b"secret"));
         assert!(!constant_time_eq(b"", b"secret"));
         assert!(!constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn basic_authentication_carries_the_token_as_the_password() {
+        let mut headers = HeaderMap::new();
+        // base64("any:the-token-0123456789")
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YW55OnRoZS10b2tlbi0wMTIzNDU2Nzg5"),
+        );
+        assert_eq!(
+            basic_password(&headers).as_deref(),
+            Some(&b"the-token-0123456789"[..])
+        );
+        for bad in [
+            "Basic",
+            "Basic !!!!",
+            "Basic YW55",
+            "Bearer YW55OnRvaw==",
+            "Basic YW55Og==",
+        ] {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(bad));
+            assert_eq!(basic_password(&headers), None, "{bad}");
+        }
+        assert_eq!(base64_decode(b"TWFu"), Some(b"Man".to_vec()));
+        assert_eq!(base64_decode(b"TWE="), Some(b"Ma".to_vec()));
+        assert_eq!(base64_decode(b"TQ=="), Some(b"M".to_vec()));
+        assert_eq!(base64_decode(b"TQ==TWFu"), None);
+        assert_eq!(base64_decode(b"T==="), None);
     }
 }

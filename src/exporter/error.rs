@@ -82,14 +82,15 @@ impl fmt::Display for ExporterError {
             ErrorKind::CatchAllOnly(addr) => write!(
                 f,
                 "refusing to bind metrics endpoint to non-loopback address {addr} guarded only \
-                 by a catch-all allow_network (/0), which admits everyone: set a bearer_token, \
-                 a narrower network, or call allow_insecure_public_bind() to opt in"
+                 by a catch-all allow_network (wider than an IPv4 /8 or an IPv6 /16), which \
+                 admits nearly everyone: set a bearer_token, a narrower network, or call \
+                 allow_insecure_public_bind() to opt in"
             ),
             ErrorKind::Setting { field, reason } => write!(f, "{field} {reason}"),
             ErrorKind::Scope {
                 token_index,
                 reason,
-            } => write!(f, "viewer #{token_index}: {reason}"),
+            } => write!(f, "viewer #{token_index} (counted from 1): {reason}"),
             ErrorKind::DuplicateToken => {
                 f.write_str("viewer tokens must differ from each other and from bearer_token")
             }

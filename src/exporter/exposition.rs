@@ -85,41 +85,58 @@ impl fmt::Display for ParseError {
 pub(crate) fn parse(text: &str) -> Result<Vec<Family<'_>>, ParseError> {
     let mut families: Vec<Family<'_>> = Vec::new();
     for (index, line) in text.lines().enumerate() {
-        let fail = |reason| ParseError {
+        parse_line(&mut families, line).map_err(|reason| ParseError {
             line: index + 1,
             reason,
-        };
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            let mut words = comment.trim_start().splitn(3, ' ');
-            let keyword = words.next().unwrap_or("");
-            if keyword != "HELP" && keyword != "TYPE" {
-                continue; // A plain comment.
-            }
-            let name = words
-                .next()
-                .filter(|n| is_metric_name(n))
-                .ok_or(fail("bad metric name"))?;
-            let rest = words.next().unwrap_or("");
-            let family = family_for(&mut families, name, true);
-            if keyword == "HELP" {
-                family.help = Some(line);
-            } else {
-                family.kind = Kind::parse(rest.trim()).ok_or(fail("unknown metric type"))?;
-                family.type_line = Some(line);
-            }
-            continue;
-        }
-        let sample = parse_sample(line).map_err(fail)?;
-        let family_name = family_of(&families, sample.name);
-        family_for(&mut families, family_name, false)
-            .samples
-            .push(sample);
+        })?;
     }
     Ok(families)
+}
+
+/// Parses an exposition, leaving out the lines that do not parse (a sample
+/// whose family or labels cannot be read, metadata it cannot read), so one
+/// odd line does not cost every other series.
+pub(crate) fn parse_lenient(text: &str) -> Vec<Family<'_>> {
+    let mut families: Vec<Family<'_>> = Vec::new();
+    for line in text.lines() {
+        let _ = parse_line(&mut families, line);
+    }
+    families
+}
+
+/// Adds one line to the families.
+fn parse_line<'a>(families: &mut Vec<Family<'a>>, line: &'a str) -> Result<(), &'static str> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.trim().is_empty() {
+        return Ok(());
+    }
+    if let Some(comment) = line.strip_prefix('#') {
+        let mut words = comment.trim_start().splitn(3, ' ');
+        let keyword = words.next().unwrap_or("");
+        if keyword != "HELP" && keyword != "TYPE" {
+            return Ok(()); // A plain comment.
+        }
+        let name = words
+            .next()
+            .filter(|n| is_metric_name(n))
+            .ok_or("bad metric name")?;
+        let rest = words.next().unwrap_or("");
+        if keyword == "TYPE" {
+            let kind = Kind::parse(rest.trim()).ok_or("unknown metric type")?;
+            let family = family_for(families, name, true);
+            family.kind = kind;
+            family.type_line = Some(line);
+        } else {
+            family_for(families, name, true).help = Some(line);
+        }
+        return Ok(());
+    }
+    let sample = parse_sample(line)?;
+    let family_name = family_of(families, sample.name);
+    family_for(families, family_name, false)
+        .samples
+        .push(sample);
+    Ok(())
 }
 
 /// The family a sample named `name` belongs to: the last family declared
@@ -406,6 +423,16 @@ plain_gauge -1.5e-3\n";
         assert_eq!(samples[0].label("b"), Some("é"));
         assert_eq!(samples[0].value, 0.25);
         assert_eq!(samples[1].value, f64::INFINITY);
+    }
+
+    #[test]
+    fn the_lenient_parse_leaves_out_only_the_bad_lines() {
+        let text = "# TYPE m counter\nm{a=\"1\",a=\"2\"} 1\nm{a=\"3\"} 2\n  oops\n";
+        let families = parse_lenient(text);
+        assert_eq!(families.len(), 1);
+        assert_eq!(families[0].samples.len(), 1);
+        assert_eq!(families[0].samples[0].label("a"), Some("3"));
+        assert!(parse(text).is_err());
     }
 
     #[test]

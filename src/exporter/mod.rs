@@ -12,7 +12,7 @@
 //! let handle = install()?; // global recorder + upkeep task on this runtime
 //! let endpoint = MetricsEndpoint::builder(handle)
 //!     .bind("0.0.0.0:9464".parse().unwrap()) // public: needs a token or an allowlist
-//!     .bearer_token("s3cret")
+//!     .bearer_token("a-token-of-16-bytes-or-more")
 //!     .allow_network("10.0.0.0/8")
 //!     .build()?
 //!     .serve()
@@ -39,15 +39,17 @@ mod guard;
 mod io;
 mod net;
 pub(crate) mod scope;
+mod status;
 
 pub use self::endpoint::{
     MetricsEndpoint, MetricsEndpointBuilder, RouteHandler, ScopedRouteHandler, ServingEndpoint,
     DEFAULT_AUTH_FAILURES, DEFAULT_BIND, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
-    DEFAULT_WRITE_TIMEOUT, MAX_TIMEOUT, MIN_TOKEN_LEN,
+    DEFAULT_WRITE_TIMEOUT, MAX_CONNECTIONS, MAX_TIMEOUT, MIN_TOKEN_LEN,
 };
 pub use self::error::ExporterError;
 pub use self::scope::{Scope, ScopeError, View};
+pub use self::status::{STATUS_JSON_PATH, STATUS_PAGE_PATH};
 
 /// Histogram buckets (seconds) for metrics ending in `request_duration_seconds`.
 pub const DURATION_BUCKETS: &[f64] = &[

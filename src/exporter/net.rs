@@ -41,9 +41,17 @@ impl IpNet {
         self.contains_exact(ip) || self.contains_exact(ip.to_canonical())
     }
 
-    /// Whether the network holds every address of its family (`/0`).
-    pub(super) fn is_catch_all(&self) -> bool {
-        self.prefix == 0
+    /// Whether the network is too wide to guard anything on its own: wider
+    /// than an IPv4 /8 or an IPv6 /16 (or the IPv4-mapped range wider than
+    /// a /8 of IPv4).
+    pub(super) fn is_too_wide(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(_) => self.prefix < 8,
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() && self.prefix >= 96 => {
+                self.prefix < 104
+            }
+            IpAddr::V6(_) => self.prefix < 16,
+        }
     }
 
     fn contains_exact(&self, ip: IpAddr) -> bool {
@@ -124,6 +132,31 @@ mod tests {
             "[::1]/128",
         ] {
             assert!(IpNet::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn networks_too_wide_to_guard() {
+        for wide in [
+            "0.0.0.0/0",
+            "0.0.0.0/1",
+            "128.0.0.0/1",
+            "10.0.0.0/7",
+            "::/0",
+            "2000::/3",
+            "::ffff:0:0/96",
+            "::ffff:0:0/100",
+        ] {
+            assert!(IpNet::parse(wide).unwrap().is_too_wide(), "{wide}");
+        }
+        for narrow in [
+            "10.0.0.0/8",
+            "192.168.0.0/16",
+            "fd00::/16",
+            "2001:db8::/32",
+            "::ffff:10.0.0.0/104",
+        ] {
+            assert!(!IpNet::parse(narrow).unwrap().is_too_wide(), "{narrow}");
         }
     }
 

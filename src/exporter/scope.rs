@@ -20,19 +20,24 @@ use super::exposition::{self, Family, Kind, Sample};
 ///   summed; the one-hot `_state` gauge becomes one gauge per state counting
 ///   the breakers in it; `_error_rate` becomes the ratio of the summed
 ///   counters, `_failures_total` over `_requests_total{status="success"|"failure"}`
-///   (since the process started, not over a window); `_slow_call_rate`,
-///   `_trip_risk`, `_capacity_utilization` and `_open_share` become the
-///   largest value (the worst service); every other gauge is summed. The
-///   dependency edges (series with an `upstream` label) are left out.
-/// - **redacted**: every series of those services, with each service name
-///   (`service` and `upstream` label values) replaced by a stable id,
-///   `svc-` and 12 hex digits of a keyed hash, failure kinds collapsed to
-///   `error` (their counts summed), and the dependency edges left out.
+///   (since the process started, not over a window); `_slow_call_rate` and
+///   `_trip_risk` become the largest value (the worst service); summary
+///   quantiles (from a recorder without histogram buckets) are left out,
+///   since they do not add up. The dependency edges are left out.
+/// - **redacted**: every series of those services, with each `service`
+///   value replaced by a stable id, `svc-` and 12 hex digits of a keyed
+///   hash, failure kinds collapsed to `error` (their counts summed), every
+///   label other than `service`, `status`, `state`, `kind`, `from`, `to`,
+///   `reason` and `le` dropped (a global label could name something), and
+///   the dependency edges left out.
 ///
 /// A series is in a scope when every service it names (its `service` label,
-/// and `upstream` on dependency edges) matches a pattern of the scope.
-/// Series that name no service (other metrics in the same recorder) are
-/// shown only to a scope that sees everything: all services (`*`), full view.
+/// and `upstream` on dependency edges) matches a pattern of the scope. A
+/// scope that does not see everything (all services, `*`, in the full view)
+/// sees only the metric families breakers report (with any prefix
+/// configured in the process): other metrics in the same recorder, and lines
+/// that do not parse, are left out, since their labels may name services in
+/// ways a scope cannot tell.
 ///
 /// ```
 /// use tower_breaker::exporter::{Scope, View};
@@ -176,15 +181,17 @@ impl Scope {
     /// ```
     /// use tower_breaker::exporter::{Scope, View};
     ///
-    /// let text = "# TYPE cb_state gauge\ncb_state{service=\"orders\",state=\"open\"} 1\n\
-    ///             cb_state{service=\"ledger\",state=\"open\"} 0\n";
+    /// let text = "# TYPE circuit_breaker_state gauge\n\
+    ///             circuit_breaker_state{service=\"orders\",state=\"open\"} 1\n\
+    ///             circuit_breaker_state{service=\"ledger\",state=\"open\"} 0\n";
     /// let scope = Scope::services(["orders"]);
     /// assert_eq!(
-    ///     scope.apply(text, b"key").unwrap(),
-    ///     "# TYPE cb_state gauge\ncb_state{service=\"orders\",state=\"open\"} 1\n"
+    ///     scope.apply(text, b"a-key-of-16-bytes").unwrap(),
+    ///     "# TYPE circuit_breaker_state gauge\n\
+    ///      circuit_breaker_state{service=\"orders\",state=\"open\"} 1\n"
     /// );
-    /// let totals = Scope::all().with_view(View::Aggregate).apply(text, b"key").unwrap();
-    /// assert!(totals.contains("cb_state{state=\"open\"} 1"));
+    /// let totals = Scope::all().with_view(View::Aggregate).apply(text, b"a-key-of-16-bytes").unwrap();
+    /// assert!(totals.contains("circuit_breaker_state{state=\"open\"} 1"));
     /// ```
     ///
     /// # Errors
@@ -222,12 +229,16 @@ impl FromStr for Scope {
     /// (view `full` by default), e.g. `services=orders,payments-*;view=aggregate`.
     fn from_str(s: &str) -> Result<Self, ScopeError> {
         let mut services = None;
-        let mut view = View::Full;
+        let mut view = None;
         for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| scope_error(format!("{part:?} is not key=value")))?;
             match key.trim() {
+                "services" if services.is_some() => {
+                    return Err(scope_error("services= is given twice"))
+                }
+                "view" if view.is_some() => return Err(scope_error("view= is given twice")),
                 "services" => {
                     let list: Vec<String> = value
                         .split(',')
@@ -238,7 +249,7 @@ impl FromStr for Scope {
                     services = Some(list);
                 }
                 "view" => {
-                    view = match value.trim() {
+                    view = Some(match value.trim() {
                         "full" => View::Full,
                         "aggregate" => View::Aggregate,
                         "redacted" => View::Redacted,
@@ -247,13 +258,13 @@ impl FromStr for Scope {
                                 "view {other:?} is not full, aggregate or redacted"
                             )))
                         }
-                    }
+                    })
                 }
                 other => return Err(scope_error(format!("unknown key {other:?}"))),
             }
         }
         let services = services.ok_or_else(|| scope_error("services= is missing"))?;
-        let scope = Scope::services(services).with_view(view);
+        let scope = Scope::services(services).with_view(view.unwrap_or(View::Full));
         scope.validate()?;
         Ok(scope)
     }
@@ -313,6 +324,13 @@ fn siphasher(k0: u64, k1: u64) -> std::hash::SipHasher {
 /// The labels that name services.
 const SERVICE_LABELS: [&str; 2] = ["service", "upstream"];
 
+/// The labels the redacted view keeps: those of the breaker families with
+/// values from fixed sets, and the bucket bound. Any other label (a global
+/// label, say) could name something, and is dropped.
+const REDACTED_LABELS: [&str; 8] = [
+    "service", "status", "state", "kind", "from", "to", "reason", "le",
+];
+
 /// Whether `sample` is in `scope`.
 fn in_scope(scope: &Scope, sample: &Sample<'_>) -> bool {
     let mut names_a_service = false;
@@ -336,7 +354,13 @@ pub(crate) fn render(
     if scope.is_everything() {
         return Ok(text.to_owned());
     }
-    let families = exposition::parse(text)?;
+    // Lines that do not parse are left out (nothing can tell whose they
+    // are); so are families breakers do not report: their labels may name
+    // services in ways this view cannot know.
+    let families: Vec<Family<'_>> = exposition::parse_lenient(text)
+        .into_iter()
+        .filter(|f| crate::metrics::is_breaker_family(f.name))
+        .collect();
     let mut out = String::with_capacity(text.len() / 2);
     match scope.view {
         View::Full => {
@@ -368,7 +392,11 @@ pub(crate) fn render(
                     if sample.label("upstream").is_some() {
                         continue; // dependency edges are hidden
                     }
-                    let labels = sample.labels.iter().map(|(k, v)| {
+                    let kept = sample
+                        .labels
+                        .iter()
+                        .filter(|(k, _)| REDACTED_LABELS.contains(k));
+                    let labels = kept.map(|(k, v)| {
                         let value: Cow<'_, str> = match *k {
                             "service" => Cow::Owned(
                                 ids.entry(v.as_ref())
@@ -505,14 +533,9 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
             }
         }
         let combine = if family.kind == Kind::Gauge
-            && [
-                "_slow_call_rate",
-                "_trip_risk",
-                "_capacity_utilization",
-                "_open_share",
-            ]
-            .iter()
-            .any(|suffix| family.name.ends_with(suffix))
+            && ["_slow_call_rate", "_trip_risk"]
+                .iter()
+                .any(|suffix| family.name.ends_with(suffix))
         {
             Combine::Max
         } else {
@@ -520,8 +543,9 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
         };
         let mut merged = Merged::default();
         for sample in family.samples.iter().filter(|s| in_scope(scope, s)) {
-            if sample.label("upstream").is_some() {
-                continue; // dependency edges name services
+            if sample.label("upstream").is_some() || sample.label("quantile").is_some() {
+                // Dependency edges name services; quantiles do not add up.
+                continue;
             }
             let labels = sample
                 .labels
@@ -537,6 +561,13 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest! {
+        #[test]
+        fn glob_agrees_with_the_reference(pattern in pattern(), name in "[a-c_.:/-]{0,8}") {
+            prop_assert_eq!(glob(pattern.as_bytes(), name.as_bytes()), reference_glob(pattern.as_bytes(), name.as_bytes()));
+        }
+    }
 
     #[test]
     fn globs_match_as_expected() {
@@ -588,82 +619,86 @@ mod tests {
     use proptest::prelude::*;
 
     /// An exposition with counters, a one-hot state gauge, a histogram and
-    /// dependency edges for `services`, plus an unrelated series.
+    /// dependency edges for `services` (default prefix), plus an unrelated
+    /// series and an application series with a `service` label, which no
+    /// scope short of everything sees.
     fn exposition_of(services: &[String]) -> String {
         let mut out = String::from("# TYPE app_total counter\napp_total 1\n");
-        out.push_str("# HELP cb_requests_total Requests.\n# TYPE cb_requests_total counter\n");
+        out.push_str("# TYPE http_calls_total counter\n");
+        for s in services {
+            exposition::write_sample(
+                &mut out,
+                "http_calls_total",
+                [("service", s.as_str()), ("target", "elsewhere")],
+                1.0,
+            );
+        }
+        let cb = |s: &str| format!("circuit_breaker_{s}");
+        out.push_str("# HELP circuit_breaker_requests_total Requests.\n");
+        out.push_str("# TYPE circuit_breaker_requests_total counter\n");
         for (i, s) in services.iter().enumerate() {
             for status in ["success", "failure"] {
-                exposition::write_sample(
-                    &mut out,
-                    "cb_requests_total",
-                    [("service", s.as_str()), ("status", status)],
-                    i as f64,
-                );
+                let labels = [("service", s.as_str()), ("status", status)];
+                exposition::write_sample(&mut out, &cb("requests_total"), labels, i as f64);
             }
         }
-        out.push_str("# TYPE cb_failures_total counter\n");
+        out.push_str("# TYPE circuit_breaker_failures_total counter\n");
         for s in services {
             for kind in ["timeout", "http_5xx"] {
-                exposition::write_sample(
-                    &mut out,
-                    "cb_failures_total",
-                    [("service", s.as_str()), ("kind", kind)],
-                    1.0,
-                );
+                let labels = [("service", s.as_str()), ("kind", kind)];
+                exposition::write_sample(&mut out, &cb("failures_total"), labels, 1.0);
             }
         }
-        out.push_str("# TYPE cb_state gauge\n");
+        out.push_str("# TYPE circuit_breaker_state gauge\n");
         for s in services {
             for (state, v) in [("closed", 1.0), ("open", 0.0)] {
-                exposition::write_sample(
-                    &mut out,
-                    "cb_state",
-                    [("service", s.as_str()), ("state", state)],
-                    v,
-                );
+                let labels = [("service", s.as_str()), ("state", state)];
+                exposition::write_sample(&mut out, &cb("state"), labels, v);
             }
         }
-        out.push_str("# TYPE cb_error_rate gauge\n");
+        out.push_str("# TYPE circuit_breaker_error_rate gauge\n");
         for s in services {
-            exposition::write_sample(&mut out, "cb_error_rate", [("service", s.as_str())], 0.5);
+            exposition::write_sample(&mut out, &cb("error_rate"), [("service", s.as_str())], 0.5);
         }
-        out.push_str("# TYPE cb_duration_seconds histogram\n");
+        out.push_str("# TYPE circuit_breaker_request_duration_seconds histogram\n");
+        let h = cb("request_duration_seconds");
         for s in services {
             for (le, v) in [("0.1", 1.0), ("+Inf", 2.0)] {
-                exposition::write_sample(
-                    &mut out,
-                    "cb_duration_seconds_bucket",
-                    [("service", s.as_str()), ("le", le)],
-                    v,
-                );
+                let labels = [("service", s.as_str()), ("le", le)];
+                exposition::write_sample(&mut out, &format!("{h}_bucket"), labels, v);
             }
             exposition::write_sample(
                 &mut out,
-                "cb_duration_seconds_sum",
+                &format!("{h}_sum"),
                 [("service", s.as_str())],
                 0.3,
             );
             exposition::write_sample(
                 &mut out,
-                "cb_duration_seconds_count",
+                &format!("{h}_count"),
                 [("service", s.as_str())],
                 2.0,
             );
         }
-        out.push_str("# TYPE cb_dependency gauge\n");
+        out.push_str("# TYPE circuit_breaker_dependency gauge\n");
         for pair in services.windows(2) {
-            exposition::write_sample(
-                &mut out,
-                "cb_dependency",
-                [
-                    ("service", pair[0].as_str()),
-                    ("upstream", pair[1].as_str()),
-                ],
-                1.0,
-            );
+            let labels = [
+                ("service", pair[0].as_str()),
+                ("upstream", pair[1].as_str()),
+            ];
+            exposition::write_sample(&mut out, &cb("dependency"), labels, 1.0);
         }
         out
+    }
+
+    /// A reference glob match, written differently from [`glob`]: plain
+    /// recursion over the pattern (exponential, fine for short strings).
+    fn reference_glob(pattern: &[u8], name: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => name.is_empty(),
+            Some((b'*', rest)) => (0..=name.len()).any(|i| reference_glob(rest, &name[i..])),
+            Some((c, rest)) => name.first() == Some(c) && reference_glob(rest, &name[1..]),
+        }
     }
 
     fn name() -> impl Strategy<Value = String> {
@@ -692,10 +727,17 @@ mod tests {
             let full = render(&text, &scope, &redactor).unwrap();
             let input = exposition::parse(&text).unwrap();
             let output = exposition::parse(&full).unwrap();
-            // A scope that sees everything sees unrelated series too.
+            // The reference: a series is kept when it belongs to a breaker
+            // family and every service it names matches some pattern, by a
+            // glob of its own; everything is kept for an everything scope.
+            let allowed = |n: &str| patterns.iter().any(|p| reference_glob(p.as_bytes(), n.as_bytes()));
+            let everything = patterns.iter().any(|p| p == "*");
             let keep = |s: &Sample<'_>| {
-                let named: Vec<&str> = SERVICE_LABELS.iter().filter_map(|l| s.label(l)).collect();
-                scope.is_everything() || (!named.is_empty() && named.iter().all(|n| scope.allows(n)))
+                let named: Vec<&str> = ["service", "upstream"].iter().filter_map(|l| s.label(l)).collect();
+                everything
+                    || (s.name.starts_with("circuit_breaker_")
+                        && !named.is_empty()
+                        && named.iter().all(|n| allowed(n)))
             };
             let want: Vec<&str> = input.iter().flat_map(|f| f.samples.iter()).filter(|s| keep(s)).map(|s| s.raw).collect();
             let got: Vec<&str> = output.iter().flat_map(|f| f.samples.iter()).map(|s| s.raw).collect();
