@@ -462,7 +462,8 @@ impl DependencyGraph {
     }
 }
 
-fn json_number(v: f64) -> String {
+/// A number as JSON: `null` when not finite.
+pub(crate) fn json_number(v: f64) -> String {
     if v.is_finite() {
         format!("{v}")
     } else {
@@ -470,13 +471,15 @@ fn json_number(v: f64) -> String {
     }
 }
 
-fn json_string(out: &mut String, s: &str) {
+/// A string as JSON. `<`, `>` and `&` are escaped too, so the text is safe
+/// wherever a page may put it.
+pub(crate) fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
+            c if (c as u32) < 0x20 || matches!(c, '<' | '>' | '&') => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),

@@ -548,24 +548,15 @@ impl Machine {
             }
             match w.machine() {
                 CLOSED => return Ok(Ticket::new(epoch, TICKET_JUDGED)),
-                OPEN => {
-                    let now = now();
-                    let until = self.open_until.load(Ordering::Acquire);
-                    if now >= until {
-                        self.transition(
-                            Some(epoch),
-                            Target::HalfOpen,
-                            Reason::TimeoutElapsed,
-                            now,
-                            obs,
-                        );
-                        continue;
+                OPEN => match self.open_elapsed(epoch, &now, obs) {
+                    None => continue,
+                    Some(left) => {
+                        return Err(Refusal {
+                            state: State::Open,
+                            retry_after: Some(left),
+                        })
                     }
-                    return Err(Refusal {
-                        state: State::Open,
-                        retry_after: Some(Duration::from_nanos(until - now)),
-                    });
-                }
+                },
                 _ => {
                     if self.max_wait_elapsed(w, &now, obs) {
                         continue;
@@ -583,6 +574,29 @@ impl Machine {
     /// it.
     pub(crate) fn count_refusal(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// In Open: half-opens if the open duration has elapsed (`None`: the
+    /// caller looks again), else the time left.
+    fn open_elapsed(
+        &self,
+        epoch: u64,
+        now: &impl Fn() -> u64,
+        obs: &dyn Observer,
+    ) -> Option<Duration> {
+        let now = now();
+        let until = self.open_until.load(Ordering::Acquire);
+        if now < until {
+            return Some(Duration::from_nanos(until - now));
+        }
+        self.transition(
+            Some(epoch),
+            Target::HalfOpen,
+            Reason::TimeoutElapsed,
+            now,
+            obs,
+        );
+        None
     }
 
     /// In half-open with a maximum wait: reopens if it has elapsed. Returns
@@ -649,21 +663,10 @@ impl Machine {
             };
             match w.machine() {
                 CLOSED => return Admission::Permitted(ticket),
-                OPEN => {
-                    let now = now();
-                    let until = self.open_until.load(Ordering::Acquire);
-                    if now >= until {
-                        self.transition(
-                            Some(epoch),
-                            Target::HalfOpen,
-                            Reason::TimeoutElapsed,
-                            now,
-                            obs,
-                        );
-                        continue;
-                    }
-                    return refused(State::Open, Some(Duration::from_nanos(until - now)));
-                }
+                OPEN => match self.open_elapsed(epoch, &now, obs) {
+                    None => continue,
+                    Some(left) => return refused(State::Open, Some(left)),
+                },
                 _ => {
                     if self.max_wait_elapsed(w, &now, obs) {
                         continue;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::exposition;
 use super::scope::{Redactor, Scope, View};
-use crate::dependency::DependencyGraph;
+use crate::dependency::{json_number as number, json_string, DependencyGraph};
 
 /// Where the page is served.
 pub const STATUS_PAGE_PATH: &str = "/breakers";
@@ -190,29 +190,6 @@ pub(super) fn json(
     }
     out.push_str("]}");
     Some(out)
-}
-
-fn number(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x}")
-    } else {
-        "null".to_owned()
-    }
-}
-
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '<' || c == '>' || c == '&' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
