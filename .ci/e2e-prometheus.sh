@@ -7,10 +7,10 @@
 # token), starts Prometheus (Debian's `prometheus` package) on 127.0.0.1 with
 # a temporary TSDB and the deploy kit's config (deploy/prometheus.yml with the
 # target port swapped and its commented `authorization` block enabled, plus
-# deploy/alerts.yml), then asserts through the Prometheus HTTP API that the
-# `orders` breaker opened, rejected calls and recovered, that the cascade and
-# the dependency graph show up, and that the healthy `catalog` upstream was
-# never tripped. Everything stays on 127.0.0.1; everything started here is
+# deploy/alerts.yml and deploy/recording_rules.yml), then asserts through the
+# Prometheus HTTP API that the `orders` breaker opened, rejected calls and
+# recovered, that the cascade and the dependency graph show up, and that the
+# healthy `catalog` upstream was never tripped. Everything stays on 127.0.0.1; everything started here is
 # stopped on exit. Prints `e2e: N passed, M failed` and exits non-zero on any
 # failure. Runs in about a minute once the example is built.
 #
@@ -107,7 +107,7 @@ sed -e "s/127\.0\.0\.1:9464/127.0.0.1:$metrics_port/" \
     -e 's/^    #   type: Bearer$/      type: Bearer/' \
     -e 's/^    #   credentials_file: metrics-token$/      credentials_file: metrics-token/' \
     deploy/prometheus.yml >"$tmp/prometheus.yml"
-cp deploy/alerts.yml "$tmp/alerts.yml"
+cp deploy/alerts.yml deploy/recording_rules.yml "$tmp/"
 grep -q "127.0.0.1:$metrics_port" "$tmp/prometheus.yml" &&
     grep -q '^      credentials_file: metrics-token$' "$tmp/prometheus.yml" ||
     die "deploy/prometheus.yml changed shape: expected target 127.0.0.1:9464 and a commented authorization block with credentials_file: metrics-token"
@@ -151,7 +151,7 @@ names=(
     "orders breaker recovered (state closed == 1, recovery_duration_seconds_count > 0)"
     "cascade: payments opened, frontend saw checkout fail, 4 dependency edges"
     "catalog (healthy, own breaker) served calls"
-    "alert rules loaded and evaluated without error"
+    "alert and recording rules loaded, every rule evaluated without error"
 )
 exprs=(
     'up{job="tower-breaker-demo"} == 1'
