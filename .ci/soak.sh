@@ -26,7 +26,14 @@
 #      cycle (within 1), and every trip recovered (the final scrape waits for
 #      the breaker to be closed); `catalog` never opened nor refused a call;
 #   5. the demo stopped cleanly on SIGINT (status 0), with no transport
-#      errors or skipped requests in its own load generator.
+#      errors or skipped requests in its own load generator;
+#   6. upstream churn (--churn-secs: a new key every SOAK_CHURN_SECS, 2 s,
+#      each evicted after it idles; --series-expiry-secs
+#      SOAK_SERIES_EXPIRY_SECS, 10 s) leaves the exposition flat: the
+#      scraped line count's last-third max is at most SOAK_RSS_RATIO times
+#      the middle third's, and the churned keys shown at once stay bounded
+#      by those live, idle or inside their expiry (at most 16), while more
+#      than that many came and went.
 #
 # Prints the figures (requests, rate, status counts, RSS series per third, fd
 # counts, transitions per cycle), then `soak: N passed, M failed`; exits
@@ -41,6 +48,7 @@
 # The demo's log is kept in $CARGO_TARGET_DIR/soak-demo.log.
 #
 # Environment: SOAK_SECONDS (default 72), SOAK_PHASE_SECS (6),
+# SOAK_CHURN_SECS (2), SOAK_SERIES_EXPIRY_SECS (10),
 # SOAK_CONNECTIONS (16), SOAK_THREADS (1), SOAK_DELAY_MS (0: wrk's pause
 # between two requests on a connection), SOAK_RATE (the demo's own load, 200
 # req/s), SOAK_RSS_RATIO (1.25), SOAK_MAX_FDS (512), SOAK_PROFILE (release;
@@ -57,6 +65,8 @@ RATE=${SOAK_RATE:-200}
 RSS_RATIO=${SOAK_RSS_RATIO:-1.25}
 MAX_FDS=${SOAK_MAX_FDS:-512}
 PROFILE=${SOAK_PROFILE:-release}
+CHURN=${SOAK_CHURN_SECS:-2}
+EXPIRY=${SOAK_SERIES_EXPIRY_SECS:-10}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 export SOAK_DELAY_MS=${SOAK_DELAY_MS:-0}
 
@@ -119,6 +129,7 @@ backstop=$((SECS + 60))
 
 log "starting mesh_demo: phases of ${PHASE}s, its own load ${RATE} req/s, metrics on 127.0.0.1:$metrics_port, gateway on 127.0.0.1:$gateway_port"
 "$demo_bin" --duration-secs "$backstop" --phase-secs "$PHASE" --rate "$RATE" \
+    --churn-secs "$CHURN" --series-expiry-secs "$EXPIRY" \
     --port "$metrics_port" --gateway-port "$gateway_port" --token "$token" >"$tmp/demo.log" 2>&1 &
 demo_pid=$!
 demo_started=$(date +%s.%N)
@@ -146,7 +157,14 @@ SOAK_COUNTS_FILE="$tmp/counts" wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --timeou
 wrk_pid=$!
 
 : >"$tmp/samples"
+: >"$tmp/exposition"
 while kill -0 "$wrk_pid" 2>/dev/null; do
+    # The exposition's size, and the churned keys it shows.
+    if scrape >"$tmp/sample.prom" 2>/dev/null; then
+        lines=$(grep -cv '^#' "$tmp/sample.prom")
+        pods=$(grep -o 'service="pod-[0-9]*"' "$tmp/sample.prom" | sort -u | tr '\n' ' ')
+        echo "$lines $pods" >>"$tmp/exposition"
+    fi
     rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$demo_pid/status" 2>/dev/null)
     if [ -z "$rss" ]; then
         show_log
@@ -189,8 +207,9 @@ echo "--- figures"
 # The checks are in python: one line per check, `ok<TAB>name<TAB>detail`,
 # after the figures.
 python3 - "$tmp/counts" "$tmp/samples" "$tmp/scrape.prom" "$elapsed" "$PHASE" \
-    "$RSS_RATIO" "$MAX_FDS" "$wrk_status" "$closed" >"$tmp/checks" <<'PY'
+    "$RSS_RATIO" "$MAX_FDS" "$wrk_status" "$closed" "$tmp/exposition" >"$tmp/checks" <<'PY'
 import re, statistics, sys
+exposition_path = sys.argv[10]
 
 counts_path, samples_path, scrape_path = sys.argv[1:4]
 elapsed, phase = float(sys.argv[4]), int(sys.argv[5])
@@ -295,6 +314,27 @@ catalog_ok = value("circuit_breaker_requests_total", service="catalog", status="
 check(catalog_opened == 0 and catalog_rejected == 0 and catalog_ok > 0,
       "catalog breaker never opened nor refused a call under the same load",
       f"{catalog_opened} opens, {catalog_rejected} rejections, {catalog_ok} successes")
+
+# 6. The exposition under upstream churn.
+exposition = []
+for line in open(exposition_path):
+    parts = line.split()
+    if parts:
+        exposition.append((int(parts[0]), set(parts[1:])))
+if len(exposition) >= 9:
+    sizes = [n for n, _ in exposition]
+    e1, e2, e3 = thirds(sizes)
+    for name, a in (("warm-up", e1), ("middle", e2), ("last", e3)):
+        fig(f"/metrics lines, {name} third ({len(a)} scrapes): {summary(a)}")
+    shown = max(len(p) for _, p in exposition)
+    seen = set().union(*(p for _, p in exposition))
+    fig(f"churned keys: {len(seen)} came and went, at most {shown} shown at once")
+    ratio = max(e3) / max(e2)
+    check(ratio <= rss_ratio and shown <= 16 and len(seen) > 16,
+          f"exposition flat under key churn (last third max <= {rss_ratio} x middle; at most 16 churned keys shown)",
+          f"{max(e3)} vs {max(e2)} lines, ratio {ratio:.3f}; {shown} keys shown at once, {len(seen)} seen")
+else:
+    check(False, "exposition flat under key churn", f"only {len(exposition)} scrapes")
 
 for ok, name, detail in checks:
     print(f"{ok}\t{name}\t{detail}")

@@ -43,6 +43,12 @@ pub(crate) struct Breaker {
     last_transition: std::sync::Mutex<Option<LastTransition>>,
 }
 
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        crate::live::unregister(self);
+    }
+}
+
 /// A transition as the status page shows it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct LastTransition {

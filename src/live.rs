@@ -1,16 +1,17 @@
 //! Every live breaker in the process, for the status page.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::breaker::Breaker;
 
-/// Weak references to the breakers built so far; dead ones are pruned as
-/// the list grows.
+/// Weak references to the live breakers, by address, with the order they
+/// were built in. A breaker leaves when it is dropped, so a dead one keeps
+/// no memory here.
 #[derive(Default)]
 struct Registry {
-    breakers: Vec<Weak<Breaker>>,
-    /// The length after the last pruning: the list is pruned when it doubles.
-    pruned_at: usize,
+    breakers: HashMap<usize, (u64, Weak<Breaker>)>,
+    next: u64,
 }
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -24,19 +25,29 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
 /// Adds a freshly built breaker.
 pub(crate) fn register(breaker: &Arc<Breaker>) {
     let mut registry = registry();
-    if registry.breakers.len() >= 2 * registry.pruned_at.max(32) {
-        registry.breakers.retain(|w| w.strong_count() > 0);
-        registry.pruned_at = registry.breakers.len();
-    }
-    registry.breakers.push(Arc::downgrade(breaker));
+    registry.next += 1;
+    let seq = registry.next;
+    let address = Arc::as_ptr(breaker) as usize;
+    registry
+        .breakers
+        .insert(address, (seq, Arc::downgrade(breaker)));
 }
 
-/// The breakers alive now.
+/// Removes a breaker being dropped.
+pub(crate) fn unregister(breaker: &Breaker) {
+    let address = breaker as *const Breaker as usize;
+    let removed = registry().breakers.remove(&address);
+    // The weak reference frees the breaker's memory: outside the lock.
+    drop(removed);
+}
+
+/// The breakers alive now, oldest first.
 pub(crate) fn breakers() -> Vec<Arc<Breaker>> {
     // Upgrade outside the lock: dropping the last reference of a breaker
     // must not happen while holding it.
-    let weak: Vec<Weak<Breaker>> = registry().breakers.clone();
-    weak.iter().filter_map(Weak::upgrade).collect()
+    let mut weak: Vec<(u64, Weak<Breaker>)> = registry().breakers.values().cloned().collect();
+    weak.sort_unstable_by_key(|(seq, _)| *seq);
+    weak.iter().filter_map(|(_, w)| w.upgrade()).collect()
 }
 
 #[cfg(test)]
@@ -59,13 +70,22 @@ mod tests {
                 .count()
         };
         assert_eq!(named(&breakers()), 100);
+        let addresses: Vec<usize> = breakers()
+            .iter()
+            .filter(|b| b.service().starts_with("live-test-"))
+            .map(|b| Arc::as_ptr(b) as usize)
+            .collect();
         drop(layers);
         assert_eq!(named(&breakers()), 0);
-        // Building more prunes the dead references.
-        let more: Vec<_> = (0..300)
-            .map(|_| crate::CircuitBreakerLayer::builder().build().unwrap())
-            .collect();
-        assert!(registry().breakers.len() < 700);
-        drop(more);
+        // Their entries went with them: nothing of theirs is kept (an
+        // address may be in use again, by a breaker built since).
+        let kept: Vec<Weak<Breaker>> = {
+            let registry = registry();
+            addresses
+                .iter()
+                .filter_map(|a| registry.breakers.get(a).map(|(_, w)| w.clone()))
+                .collect()
+        };
+        assert!(kept.iter().all(|w| w.strong_count() > 0));
     }
 }

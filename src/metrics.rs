@@ -347,6 +347,14 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
+/// Runs `f` with a test of whether a `service` label value is in use by a
+/// live breaker (the overflow label always is), holding the registry for
+/// the duration.
+pub(crate) fn with_live_labels<R>(f: impl FnOnce(&dyn Fn(&str) -> bool) -> R) -> R {
+    let registry = registry();
+    f(&|label: &str| label == OVERFLOW_LABEL || registry.names.contains_key(label))
+}
+
 /// Sets the process-wide cap on distinct `service` label values (default
 /// 1,000): the most names of named breakers, and the labels keyed layers
 /// built from now on may reserve (see the [cardinality](self#cardinality)

@@ -83,7 +83,7 @@ fn parse(raw: &[u8]) -> Reply {
 }
 
 /// A handle whose rendering contains `exporter_test_total 3`.
-fn handle_with_counter() -> metrics_exporter_prometheus::PrometheusHandle {
+fn handle_with_counter() -> tower_breaker::exporter::MetricsHandle {
     let (recorder, handle) = exporter::recorder();
     metrics::with_local_recorder(&recorder, || {
         metrics::counter!("exporter_test_total").increment(3);
@@ -136,14 +136,32 @@ async fn no_auth_configured_on_loopback_serves_metrics() {
 }
 
 #[tokio::test]
-async fn head_returns_headers_without_body() {
-    let ep = serve(builder().bearer_token(TOKEN)).await;
+async fn head_returns_headers_and_renders_nothing() {
+    let renders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = renders.clone();
+    let route: exporter::RouteHandler = Arc::new(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        "x".to_owned()
+    });
+    let ep = serve(
+        builder()
+            .bearer_token(TOKEN)
+            .route("/counted", "text/plain", route),
+    )
+    .await;
     let (name, value) = auth();
-    let reply = request(ep.local_addr(), "HEAD", "/metrics", &[(name, &value)]).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.body.is_empty(), "{reply:?}");
-    let length: usize = reply.header("content-length").unwrap().parse().unwrap();
-    assert!(length > 0, "HEAD advertises the GET length");
+    for path in ["/metrics", "/counted"] {
+        let reply = request(ep.local_addr(), "HEAD", path, &[(name, &value)]).await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.body.is_empty(), "{reply:?}");
+        assert!(reply.header("content-type").is_some(), "{reply:?}");
+        // Nothing was rendered, so no length is claimed.
+        assert_eq!(reply.header("content-length"), None, "{reply:?}");
+    }
+    assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let reply = request(ep.local_addr(), "GET", "/counted", &[(name, &value)]).await;
+    assert_eq!(reply.body, "x");
+    assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 1);
     ep.shutdown().await;
 }
 

@@ -55,7 +55,7 @@ async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String)
 /// Breakers for every service, with traffic: successes, failures of two
 /// kinds, one trip; a dependency edge per service; an unrelated metric.
 fn recorder_with_traffic() -> (
-    metrics_exporter_prometheus::PrometheusHandle,
+    tower_breaker::exporter::MetricsHandle,
     Vec<tower_breaker::CircuitBreakerHandle>,
 ) {
     let (recorder, handle) = exporter::recorder();
@@ -107,7 +107,7 @@ fn recorder_with_traffic() -> (
     (handle, keep)
 }
 
-async fn serve(handle: metrics_exporter_prometheus::PrometheusHandle) -> ServingEndpoint {
+async fn serve(handle: tower_breaker::exporter::MetricsHandle) -> ServingEndpoint {
     MetricsEndpoint::builder(handle)
         .bind("127.0.0.1:0".parse().unwrap())
         .bearer_token(EVERYTHING)

@@ -2,8 +2,8 @@
 //! refreshes it.
 #![cfg(feature = "prometheus")]
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tower::{service_fn, Layer, ServiceExt};
+use tower_breaker::exporter::MetricsHandle as PrometheusHandle;
 use tower_breaker::{CircuitBreakerLayer, Clock, State};
 
 fn risk(handle: &PrometheusHandle, service: &str) -> f64 {

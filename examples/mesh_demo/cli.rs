@@ -14,6 +14,14 @@ usage: cargo run --example mesh_demo --all-features -- [flags]
                       aggregate or redacted); needs --token
   --phase-secs N      length of each fault phase: healthy, failing, recovering (default 20)
   --rate N            load generator requests per second, all targets together (default 200)
+  --churn-secs N       a new upstream key (pod-1, pod-2, ...) every N seconds behind a keyed
+                      layer of its own, each idle and evicted after the next (default: off)
+  --series-expiry-secs N
+                      how long the series of an evicted key or a dropped breaker stay in
+                      /metrics (default 300)
+  --native-histograms also serve the duration histograms as Prometheus native histograms, to
+                      scrapers that ask for the protobuf format (Prometheus with
+                      --enable-feature=native-histograms); text scrapers keep the classic buckets
   --help              this text";
 
 /// The demo's settings.
@@ -26,6 +34,9 @@ pub(crate) struct Args {
     pub(crate) viewers: Vec<(String, tower_breaker::exporter::Scope)>,
     pub(crate) phase: Duration,
     pub(crate) rate: u32,
+    pub(crate) native_histograms: bool,
+    pub(crate) churn: Option<Duration>,
+    pub(crate) series_expiry: Duration,
     pub(crate) help: bool,
 }
 
@@ -40,6 +51,9 @@ impl Args {
             viewers: Vec::new(),
             phase: Duration::from_secs(20),
             rate: 200,
+            native_histograms: false,
+            churn: None,
+            series_expiry: tower_breaker::exporter::DEFAULT_SERIES_EXPIRY,
             help: false,
         };
         let mut args = args.into_iter();
@@ -50,6 +64,10 @@ impl Args {
             };
             if flag == "--help" || flag == "-h" {
                 parsed.help = true;
+                continue;
+            }
+            if flag == "--native-histograms" && inline.is_none() {
+                parsed.native_histograms = true;
                 continue;
             }
             let mut value = || {
@@ -89,6 +107,20 @@ impl Args {
                     let (token, scope) = (&value[..at], &value[at + 1..]);
                     let scope = scope.parse().map_err(|e| format!("--viewer: {e}"))?;
                     parsed.viewers.push((token.to_owned(), scope));
+                }
+                "--churn-secs" => {
+                    let secs: u64 = number(&flag, &value()?)?;
+                    if !(1..=3600).contains(&secs) {
+                        return Err("--churn-secs must be between 1 and 3600".into());
+                    }
+                    parsed.churn = Some(Duration::from_secs(secs));
+                }
+                "--series-expiry-secs" => {
+                    let secs: u64 = number(&flag, &value()?)?;
+                    if !(1..=86_400).contains(&secs) {
+                        return Err("--series-expiry-secs must be between 1 and 86400".into());
+                    }
+                    parsed.series_expiry = Duration::from_secs(secs);
                 }
                 "--phase-secs" => {
                     let secs: u64 = number(&flag, &value()?)?;
@@ -169,6 +201,8 @@ mod tests {
             8080
         );
         assert!(parse(&["--help"]).unwrap().help);
+        assert!(parse(&["--native-histograms"]).unwrap().native_histograms);
+        assert!(!parse(&[]).unwrap().native_histograms);
         let args = parse(&[
             "--token",
             "s3cret-s3cret-s3cret",
@@ -196,6 +230,8 @@ mod tests {
             (&["--duration-secs", "0"], "--duration-secs"),
             (&["--phase-secs", "1"], "--phase-secs"),
             (&["--rate", "x"], "--rate"),
+            (&["--churn-secs", "0"], "--churn-secs"),
+            (&["--series-expiry-secs", "0"], "--series-expiry-secs"),
             (&["--token", ""], "--token"),
             (&["--token", "a b"], "--token"),
             (&["--token", "too-short"], "--token"),

@@ -33,6 +33,7 @@
 //! and import the Grafana dashboard in `deploy/grafana/` (see the README's
 //! "Try it").
 
+mod churn;
 mod cli;
 mod faults;
 mod load;
@@ -88,7 +89,10 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Metrics first: the recorder must be there before the breakers.
-    let mut endpoint = MetricsEndpoint::builder(exporter::install()?)
+    let recorder = exporter::RecorderBuilder::new()
+        .native_histograms(args.native_histograms)
+        .series_expiry(args.series_expiry);
+    let mut endpoint = MetricsEndpoint::builder(recorder.install()?)
         .bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
         .dependency_routes()
         .status_page();
@@ -141,6 +145,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Target::new("frontend", format!("http://{frontend}/")),
     ]);
     let (stop, stopped) = watch::channel(false);
+    if let Some(every) = args.churn {
+        let (client, stopped) = (client.clone(), stopped.clone());
+        tokio::spawn(async move {
+            if let Err(e) = churn::run(catalog, client, every, stopped).await {
+                tracing::error!("churn stopped: {e}");
+            }
+        });
+    }
     let load = tokio::spawn(load::run(targets.clone(), args.rate, client, stopped));
     let status = tokio::spawn(report(targets.clone(), faults.clone()));
 

@@ -90,7 +90,7 @@ pub(crate) fn breaker(caller: &'static str) -> Builder<HttpClassifier> {
 }
 
 /// Wraps the client in a breaker layer (any: plain or keyed) and a timeout.
-fn hop<L>(breaker: L, client: HttpClient) -> Hop
+pub(crate) fn hop<L>(breaker: L, client: HttpClient) -> Hop
 where
     L: tower::Layer<tower::timeout::Timeout<HttpClient>>,
     L::Service: tower::Service<Request<Full<Bytes>>, Response = http::Response<Incoming>, Error = BoxError>

@@ -15,7 +15,6 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -24,7 +23,10 @@ use super::error::{ErrorKind, ExporterError};
 use super::guard::{PeerLimits, PeerSlot, Peers, Throttle};
 use super::io::WriteTimeout;
 use super::net::IpNet;
-use super::scope::{self, Redactor, Scope};
+use super::protobuf;
+use super::recorder::MetricsHandle;
+use super::renders::{blocking, Renders};
+use super::scope::{Redactor, Scope};
 use super::status::{self, STATUS_JSON_PATH, STATUS_PAGE_PATH};
 
 /// Default bind address of [`MetricsEndpoint`]: loopback only.
@@ -63,6 +65,13 @@ pub const MAX_CONNECTIONS: usize = 65_536;
 
 /// The longest any of the endpoint's timeouts may be.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Default time a render of the exposition is shared by the scrapes that
+/// come after it: 1 s.
+pub const DEFAULT_RENDER_SHARING: Duration = Duration::from_secs(1);
+
+/// The longest [`MetricsEndpointBuilder::render_sharing`]: 1 minute.
+pub const MAX_RENDER_SHARING: Duration = Duration::from_secs(60);
 
 /// How long [`ServingEndpoint::shutdown`] lets open connections finish before aborting them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,7 +151,8 @@ struct ConnectionLimits {
 /// [`DEFAULT_AUTH_FAILURES`] failed authentications a minute.
 #[must_use = "a builder does nothing until build() is called"]
 pub struct MetricsEndpointBuilder {
-    handle: PrometheusHandle,
+    handle: MetricsHandle,
+    render_sharing: Duration,
     bind: SocketAddr,
     path: String,
     token: Option<String>,
@@ -164,10 +174,12 @@ pub struct MetricsEndpointBuilder {
 }
 
 impl MetricsEndpoint {
-    /// Starts configuring an endpoint that serves `handle.render()`.
-    pub fn builder(handle: PrometheusHandle) -> MetricsEndpointBuilder {
+    /// Starts configuring an endpoint that serves `handle.render()` (a
+    /// [`MetricsHandle`], or a plain `PrometheusHandle`).
+    pub fn builder(handle: impl Into<MetricsHandle>) -> MetricsEndpointBuilder {
         MetricsEndpointBuilder {
-            handle,
+            handle: handle.into(),
+            render_sharing: DEFAULT_RENDER_SHARING,
             bind: DEFAULT_BIND,
             path: "/metrics".to_owned(),
             token: None,
@@ -236,6 +248,16 @@ impl MetricsEndpointBuilder {
     /// URL path of the metrics (default `/metrics`).
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.path = path.into();
+        self
+    }
+
+    /// How long a render of the exposition is served to the scrapes that
+    /// come after it (default [`DEFAULT_RENDER_SHARING`], at most
+    /// [`MAX_RENDER_SHARING`]; zero renders for every scrape). Renders run
+    /// on tokio's blocking pool, never on the runtime's workers, one at a
+    /// time: scrapes that arrive during a render wait for it and share it.
+    pub fn render_sharing(mut self, time: Duration) -> Self {
+        self.render_sharing = time;
         self
     }
 
@@ -426,6 +448,12 @@ impl MetricsEndpointBuilder {
         if let Some(error) = self.error {
             return Err(error);
         }
+        if self.render_sharing > MAX_RENDER_SHARING {
+            return Err(ExporterError::setting(
+                "render_sharing",
+                format!("must be at most {MAX_RENDER_SHARING:?}"),
+            ));
+        }
         let mut credentials: Vec<Credential> = Vec::new();
         let has_bearer = usize::from(self.token.is_some());
         let tokens = self.token.map(|t| (t, Scope::all())).into_iter();
@@ -540,6 +568,7 @@ impl MetricsEndpointBuilder {
                 max_requests: self.max_requests,
             },
             state: Arc::new(State {
+                renders: Renders::new(self.handle.clone(), self.render_sharing),
                 handle: self.handle,
                 path: self.path,
                 credentials,
@@ -667,6 +696,40 @@ struct Route {
     render: Handler,
 }
 
+impl Route {
+    /// Whether `scope` may use the route at all (a plain route: only a
+    /// scope that sees everything).
+    fn allows(&self, scope: &Scope) -> bool {
+        match self.render {
+            Handler::Plain(_) => scope.is_everything(),
+            Handler::Scoped(_) => true,
+        }
+    }
+
+    /// The route's body for `scope`, made on the blocking pool; `Err` if
+    /// the scope is refused, `Ok(None)` if the handler panicked.
+    async fn render(&self, scope: Arc<Scope>) -> Result<Option<Bytes>, ()> {
+        let body = match &self.render {
+            Handler::Plain(render) => {
+                if !scope.is_everything() {
+                    return Err(());
+                }
+                let render = Arc::clone(render);
+                blocking(move || Some(render())).await
+            }
+            Handler::Scoped(render) => {
+                let render = Arc::clone(render);
+                blocking(move || render(&scope)).await
+            }
+        };
+        match body {
+            Some(Some(body)) => Ok(Some(Bytes::from(body))),
+            Some(None) => Err(()),
+            None => Ok(None),
+        }
+    }
+}
+
 /// A bearer token and what it may see.
 struct Credential {
     token: Box<[u8]>,
@@ -717,7 +780,9 @@ impl From<Response<Full<Bytes>>> for Answer {
 }
 
 struct State {
-    handle: PrometheusHandle,
+    handle: MetricsHandle,
+    /// The shared renders of the exposition, made off the workers.
+    renders: Renders,
     path: String,
     /// No credential: everyone (on loopback, or opted in) sees everything.
     credentials: Vec<Credential>,
@@ -750,7 +815,7 @@ impl State {
         self.allow.is_empty() || self.allow.iter().any(|net| net.contains(peer))
     }
 
-    fn respond<B>(&self, req: &Request<B>, peer: IpAddr) -> Answer {
+    async fn respond<B>(self: &Arc<Self>, req: &Request<B>, peer: IpAddr) -> Answer {
         let refused = |response| Answer {
             response,
             delay: None,
@@ -802,14 +867,18 @@ impl State {
                 return refused(resp);
             }
         };
-        self.serve(req, &scope).into()
+        self.serve(req, scope).await.into()
     }
 
     /// The answer to an authenticated request.
-    fn serve<B>(&self, req: &Request<B>, scope: &Scope) -> Response<Full<Bytes>> {
+    async fn serve<B>(
+        self: &Arc<Self>,
+        req: &Request<B>,
+        scope: Arc<Scope>,
+    ) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         if self.status_page && (path == STATUS_PAGE_PATH || path == STATUS_JSON_PATH) {
-            return self.status(req.method(), path, scope);
+            return self.status(req.method(), path, scope).await;
         }
         let route = if path == self.path {
             None
@@ -824,28 +893,53 @@ impl State {
             resp.headers_mut().insert(header::ALLOW, allow);
             return resp;
         }
-        // For HEAD, hyper sends the headers (with the real length) and omits the body.
-        let (content_type, body) = match route {
-            None => match self.metrics(scope) {
-                Some(body) => (HeaderValue::from_static(PROMETHEUS_TEXT), body),
-                None => return text(StatusCode::INTERNAL_SERVER_ERROR, "render failed\n"),
-            },
-            Some(route) => {
-                let body = match &route.render {
-                    Handler::Scoped(render) => render(scope),
-                    Handler::Plain(render) => scope.is_everything().then(|| render()),
-                };
-                match body {
-                    Some(body) => (route.content_type.clone(), body),
-                    None => return text(StatusCode::FORBIDDEN, "forbidden for this scope\n"),
-                }
-            }
+        // Protobuf (native histograms) for a scraper that asks for it and
+        // may see everything; scoped views are text.
+        let wants_protobuf = route.is_none()
+            && scope.is_everything()
+            && req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(protobuf::accepts);
+        let content_type = match route {
+            None if wants_protobuf => HeaderValue::from_static(protobuf::CONTENT_TYPE),
+            None => HeaderValue::from_static(PROMETHEUS_TEXT),
+            Some(route) => route.content_type.clone(),
         };
-        response(StatusCode::OK, content_type, body)
+        // HEAD renders nothing: the headers only.
+        if req.method() == Method::HEAD {
+            if route.is_some_and(|r| !r.allows(&scope)) {
+                return text(StatusCode::FORBIDDEN, "forbidden for this scope\n");
+            }
+            return response(StatusCode::OK, content_type, Bytes::new());
+        }
+        let body = match route {
+            None if wants_protobuf => self
+                .renders
+                .protobuf()
+                .await
+                .map(|b| Bytes::from_owner(Shared(b))),
+            None => self.metrics(scope).await,
+            Some(route) => match route.render(scope).await {
+                Ok(body) => body,
+                Err(()) => return text(StatusCode::FORBIDDEN, "forbidden for this scope\n"),
+            },
+        };
+        match body {
+            Some(body) => response(StatusCode::OK, content_type, body),
+            None => text(StatusCode::INTERNAL_SERVER_ERROR, "render failed\n"),
+        }
     }
 
     /// The status page and its data.
-    fn status(&self, method: &Method, path: &str, scope: &Scope) -> Response<Full<Bytes>> {
+    async fn status(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        scope: Arc<Scope>,
+    ) -> Response<Full<Bytes>> {
         if method != Method::GET && method != Method::HEAD {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             resp.headers_mut()
@@ -854,25 +948,33 @@ impl State {
         }
         let forbidden = || text(StatusCode::FORBIDDEN, "forbidden for this scope\n");
         let mut resp = if path == STATUS_PAGE_PATH {
-            if !status::shows(scope) {
+            if !status::shows(&scope) {
                 return forbidden();
             }
             response(
                 StatusCode::OK,
                 HeaderValue::from_static("text/html; charset=utf-8"),
-                status::PAGE.to_owned(),
+                Bytes::from_static(status::PAGE.as_bytes()),
             )
         } else {
-            let data = status::json(scope, &self.redactor, &self.status_counts, || {
-                self.handle.render()
-            });
-            let Some(data) = data else {
+            if !status::shows(&scope) {
                 return forbidden();
+            }
+            let state = Arc::clone(self);
+            let data = blocking(move || {
+                status::json(&scope, &state.redactor, &state.status_counts, || {
+                    state.handle.render()
+                })
+            })
+            .await
+            .flatten();
+            let Some(data) = data else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "render failed\n");
             };
             response(
                 StatusCode::OK,
                 HeaderValue::from_static("application/json"),
-                data,
+                Bytes::from(data),
             )
         };
         let headers = resp.headers_mut();
@@ -917,26 +1019,31 @@ impl State {
         found.ok_or("Bearer error=\"invalid_token\"")
     }
 
-    /// The metrics as `scope` may see them; `None` if the recorder's text
-    /// did not parse (never expected).
-    fn metrics(&self, scope: &Scope) -> Option<String> {
-        let text = self.handle.render();
+    /// The metrics as `scope` may see them; `None` if the render failed.
+    async fn metrics(self: &Arc<Self>, scope: Arc<Scope>) -> Option<Bytes> {
         if scope.is_everything() {
-            return Some(text);
+            let text = self.renders.text().await?;
+            return Some(Bytes::from_owner(Shared(text)));
         }
-        match scope::render(&text, scope, &self.redactor) {
-            Ok(body) => Some(body),
-            Err(err) => {
-                tracing::error!(error = %err, "metrics endpoint could not parse the exposition");
-                None
-            }
-        }
+        let state = Arc::clone(self);
+        let body =
+            blocking(move || state.handle.render_scoped_with(&scope, &state.redactor)).await?;
+        Some(Bytes::from(body))
+    }
+}
+
+/// A shared render as a response body, without a copy.
+struct Shared<T>(Arc<T>);
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Shared<T> {
+    fn as_ref(&self) -> &[u8] {
+        (*self.0).as_ref()
     }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let content_type = HeaderValue::from_static("text/plain; charset=utf-8");
-    response(status, content_type, body.to_owned())
+    response(status, content_type, Bytes::from_static(body.as_bytes()))
 }
 
 fn too_many(left: Duration) -> Response<Full<Bytes>> {
@@ -947,8 +1054,8 @@ fn too_many(left: Duration) -> Response<Full<Bytes>> {
     resp
 }
 
-fn response(status: StatusCode, content_type: HeaderValue, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+fn response(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type);
@@ -1208,20 +1315,23 @@ async fn serve_connection(
     let max_requests = limits.max_requests;
     let authenticated = Arc::clone(&place.entry.authenticated);
     let logs = Arc::clone(&state);
+    let served = Arc::new(served);
     let service = service_fn(move |req| {
-        let answer = state.respond(&req, peer_ip);
-        if answer.authenticated {
-            authenticated.store(true, Ordering::Relaxed);
-        }
-        let mut resp = answer.response;
-        if served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests {
-            // hyper closes the connection after this response.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        let delay = answer.delay;
+        let state = Arc::clone(&state);
+        let authenticated = Arc::clone(&authenticated);
+        let served = Arc::clone(&served);
         async move {
-            if let Some(delay) = delay {
+            let answer = state.respond(&req, peer_ip).await;
+            if answer.authenticated {
+                authenticated.store(true, Ordering::Relaxed);
+            }
+            let mut resp = answer.response;
+            if served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests {
+                // hyper closes the connection after this response.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            if let Some(delay) = answer.delay {
                 tokio::time::sleep(delay).await;
             }
             Ok::<_, Infallible>(resp)

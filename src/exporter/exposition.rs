@@ -339,7 +339,7 @@ pub(crate) fn write_sample<'l>(
     out.push('\n');
 }
 
-fn write_value(out: &mut String, value: f64) {
+pub(crate) fn write_value(out: &mut String, value: f64) {
     if value.is_nan() {
         out.push_str("NaN");
     } else if value == f64::INFINITY {

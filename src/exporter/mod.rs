@@ -28,26 +28,36 @@
 
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::Matcher;
+/// The exporter's types this API takes and returns, re-exported so naming
+/// them needs no direct dependency on the matching version.
+pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 mod endpoint;
 mod error;
 pub(crate) mod exposition;
 mod guard;
+mod histogram;
 mod io;
 mod net;
+mod protobuf;
+mod recorder;
+mod renders;
 pub(crate) mod scope;
 mod status;
+mod store;
 
 pub use self::endpoint::{
     MetricsEndpoint, MetricsEndpointBuilder, RouteHandler, ScopedRouteHandler, ServingEndpoint,
     DEFAULT_AUTH_FAILURES, DEFAULT_BIND, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
-    DEFAULT_WRITE_TIMEOUT, MAX_CONNECTIONS, MAX_TIMEOUT, MIN_TOKEN_LEN,
+    DEFAULT_RENDER_SHARING, DEFAULT_WRITE_TIMEOUT, MAX_CONNECTIONS, MAX_RENDER_SHARING,
+    MAX_TIMEOUT, MIN_TOKEN_LEN,
 };
 pub use self::error::ExporterError;
+pub use self::recorder::{
+    BreakerRecorder, MetricsHandle, RecorderBuilder, DEFAULT_SERIES_EXPIRY, MAX_SERIES_EXPIRY,
+};
 pub use self::scope::{Scope, ScopeError, View};
 pub use self::status::{STATUS_JSON_PATH, STATUS_PAGE_PATH};
 
@@ -61,7 +71,7 @@ pub const RECOVERY_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
 ];
 
-/// How often the task spawned by [`install`] calls [`PrometheusHandle::run_upkeep`].
+/// How often the task spawned by [`install`] calls [`MetricsHandle::run_upkeep`].
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A [`PrometheusBuilder`] that renders true histograms (not summaries): [`DURATION_BUCKETS`]
@@ -82,28 +92,33 @@ pub fn prometheus_builder() -> PrometheusBuilder {
         .expect("bucket constants are non-empty")
 }
 
-/// Builds a recorder from [`prometheus_builder`] without installing it, e.g. for
-/// [`metrics::with_local_recorder`] or tests. The caller is responsible for upkeep.
-pub fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
-    let recorder = prometheus_builder().build_recorder();
-    let handle = recorder.handle();
-    (recorder, handle)
+/// Builds a [`BreakerRecorder`] with the defaults of [`RecorderBuilder`]
+/// without installing it, e.g. for [`metrics::with_local_recorder`] or
+/// tests. The caller is responsible for upkeep.
+pub fn recorder() -> (BreakerRecorder, MetricsHandle) {
+    RecorderBuilder::new()
+        .build()
+        .expect("the default settings are valid")
 }
 
-/// Builds the recorder from [`prometheus_builder`] and installs it as the global recorder.
+/// Builds the recorder of [`recorder`] and installs it as the global
+/// recorder.
 ///
 /// If called inside a tokio runtime (`tokio::runtime::Handle::try_current()` is `Ok`), a task
-/// is spawned on that runtime that calls [`PrometheusHandle::run_upkeep`] every
+/// is spawned on that runtime that calls [`MetricsHandle::run_upkeep`] every
 /// [`UPKEEP_INTERVAL`] (5 s) for as long as the runtime lives. Outside a runtime nothing is
 /// spawned and the caller must call `run_upkeep` periodically itself.
+/// [`RecorderBuilder::install`] does the same with other settings.
 ///
 /// # Errors
 ///
 /// Fails if a global recorder is already installed.
-pub fn install() -> Result<PrometheusHandle, ExporterError> {
-    let (recorder, handle) = recorder();
-    metrics::set_global_recorder(recorder)
-        .map_err(|_| ExporterError::new(error::ErrorKind::RecorderInstalled))?;
+pub fn install() -> Result<MetricsHandle, ExporterError> {
+    RecorderBuilder::new().install()
+}
+
+/// Spawns the upkeep task on the current tokio runtime, if there is one.
+fn spawn_upkeep(handle: &MetricsHandle) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         let upkeep = handle.clone();
         runtime.spawn(async move {
@@ -112,9 +127,10 @@ pub fn install() -> Result<PrometheusHandle, ExporterError> {
             ticks.tick().await; // the first tick completes immediately
             loop {
                 ticks.tick().await;
-                upkeep.run_upkeep();
+                // Off the runtime's workers: a sweep or drain can be long.
+                let upkeep = upkeep.clone();
+                let _ = tokio::task::spawn_blocking(move || upkeep.run_upkeep()).await;
             }
         });
     }
-    Ok(handle)
 }

@@ -321,13 +321,17 @@ fn siphasher(k0: u64, k1: u64) -> std::hash::SipHasher {
     std::hash::SipHasher::new_with_keys(k0, k1)
 }
 
+/// The description of `_error_rate` in the aggregate view.
+pub(crate) const AGGREGATE_ERROR_RATE_HELP: &str =
+    "Failed over judged requests, summed over the services since start (aggregate view).";
+
 /// The labels that name services.
 const SERVICE_LABELS: [&str; 2] = ["service", "upstream"];
 
 /// The labels the redacted view keeps: those of the breaker families with
 /// values from fixed sets, and the bucket bound. Any other label (a global
 /// label, say) could name something, and is dropped.
-const REDACTED_LABELS: [&str; 8] = [
+pub(crate) const REDACTED_LABELS: [&str; 8] = [
     "service", "status", "state", "kind", "from", "to", "reason", "le",
 ];
 
@@ -519,10 +523,9 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
                     };
                     out.push_str("# HELP ");
                     out.push_str(family.name);
-                    out.push_str(
-                        " Failed over judged requests, summed over the services since start \
-                         (aggregate view).\n",
-                    );
+                    out.push(' ');
+                    out.push_str(AGGREGATE_ERROR_RATE_HELP);
+                    out.push('\n');
                     if let Some(line) = family.type_line {
                         out.push_str(line);
                         out.push('\n');
