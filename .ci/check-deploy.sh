@@ -74,6 +74,8 @@ CONTRACT = {
     "circuit_breaker_slow_call_rate", "circuit_breaker_requests_total",
     "circuit_breaker_rejections_total", "circuit_breaker_failures_total",
     "circuit_breaker_trip_risk", "circuit_breaker_dependency",
+    "circuit_breaker_in_flight", "circuit_breaker_capacity_utilization",
+    "circuit_breaker_trips_suppressed_total", "circuit_breaker_open_share",
 }
 for hist in ("circuit_breaker_request_duration_seconds", "circuit_breaker_recovery_duration_seconds"):
     CONTRACT |= {hist + s for s in ("_bucket", "_sum", "_count")}

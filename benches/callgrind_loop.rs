@@ -7,7 +7,7 @@
 //! cargo bench --bench callgrind_loop --no-run
 //! bin=$(ls target/release/deps/callgrind_loop-* | grep -v '\.d$')
 //! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*counted*' \
-//!     "$bin" success 100000   # paths: success failure open time keyed
+//!     "$bin" success 100000   # paths: success failure open time keyed capacity
 //! ```
 //!
 //! Divide the total by the number of calls. Run by `cargo bench` itself
@@ -21,7 +21,7 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_breaker::keyed::key_fn;
 use tower_breaker::{Backoff, CircuitBreakerLayer, MetricsLevel};
 
-const PATHS: [&str; 5] = ["success", "failure", "open", "time", "keyed"];
+const PATHS: [&str; 6] = ["success", "failure", "open", "time", "keyed", "capacity"];
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -51,6 +51,8 @@ fn run(path: &str, n: u64) {
     let builder = CircuitBreakerLayer::builder().name("callgrind");
     let builder = match path {
         "success" => builder,
+        // A success under a concurrency limit that is never reached.
+        "capacity" => builder.max_concurrent_calls(1_024),
         "time" => builder.time_window(Duration::from_secs(10), 10),
         "failure" => builder
             .consecutive_failures(u32::MAX)

@@ -666,6 +666,8 @@ enum Mode {
     MetricsOnly,
     /// Defaults, but timed by [`tower_breaker::Clock::coarse`] (500 µs).
     CoarseClock,
+    /// Defaults plus a concurrency limit (`max_concurrent_calls(1024)`).
+    Capacity,
 }
 
 /// tower-breaker. Success: defaults (failure rate 50% over 100 calls, full
@@ -679,6 +681,7 @@ async fn tower_breaker(
     let builder = CircuitBreakerLayer::builder().name("bench");
     let builder = match mode {
         Mode::CoarseClock => builder.clock(Clock::coarse(Duration::from_micros(500))),
+        Mode::Capacity => builder.max_concurrent_calls(1024),
         Mode::Default | Mode::MetricsOnly => builder,
     };
     let builder = match path {
@@ -724,6 +727,13 @@ fn peers(c: &mut Criterion) {
         plain.bench_tower_service(&mut g, "tower_breaker", path, || {
             tower_breaker(path, Mode::Default)
         });
+        if path == Path::Success {
+            // What a concurrency limit costs when it is set (with none set,
+            // the `tower_breaker` line is the one to compare across commits).
+            plain.bench_tower_service(&mut g, "tower_breaker_capacity", path, || {
+                tower_breaker(path, Mode::Capacity)
+            });
+        }
         prometheus.bench_tower_service(&mut g, "tower_breaker_metrics", path, || {
             tower_breaker(path, Mode::Default)
         });

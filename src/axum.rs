@@ -42,11 +42,21 @@ use crate::CircuitOpen;
 /// internal.
 const REJECTED_BODY: &str = "service unavailable: circuit open";
 
+/// The body of a refusal for capacity.
+const OVERLOADED_BODY: &str = "service unavailable: concurrency limit reached";
+
 impl IntoResponse for CircuitOpen {
     /// `503 Service Unavailable`, with `Retry-After` in whole seconds
-    /// (rounded up) when the breaker knows when it will probe again.
+    /// (rounded up) when the breaker knows when it will probe again. A
+    /// refusal for capacity says so in its body and, as Envoy does for its
+    /// overflows, with `x-envoy-overloaded: true`, without `Retry-After`.
     fn into_response(self) -> Response {
-        let mut response = Response::new(Body::from(REJECTED_BODY));
+        let body = if self.is_capacity() {
+            OVERLOADED_BODY
+        } else {
+            REJECTED_BODY
+        };
+        let mut response = Response::new(Body::from(body));
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         let headers = response.headers_mut();
         headers.insert(
@@ -56,6 +66,9 @@ impl IntoResponse for CircuitOpen {
         if let Some(after) = self.retry_after() {
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.is_capacity() {
+            headers.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
         }
         response
     }
@@ -221,6 +234,18 @@ mod tests {
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
         let forced = CircuitOpen::new("x".into(), State::ForcedOpen, None).into_response();
         assert!(!forced.headers().contains_key(header::RETRY_AFTER));
+        assert!(!forced.headers().contains_key("x-envoy-overloaded"));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_for_capacity_says_so() {
+        use http_body_util::BodyExt;
+        let full = CircuitOpen::at_capacity("x".into(), State::Closed, 4).into_response();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(full.headers()["x-envoy-overloaded"], "true");
+        assert!(!full.headers().contains_key(header::RETRY_AFTER));
+        let body = full.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], OVERLOADED_BODY.as_bytes());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::capacity::{refuses, Capacity, FleetMember};
 use crate::classify::{FailureKind, Outcome};
 use crate::clock::Clock;
 use crate::dependency::EdgeGuard;
@@ -41,6 +42,10 @@ pub(crate) struct Breaker {
     pub(crate) dependency: OnceLock<EdgeGuard>,
     /// The last transition, for the status page.
     last_transition: std::sync::Mutex<Option<LastTransition>>,
+    /// The concurrency limit, if one is set.
+    capacity: Option<Capacity>,
+    /// Its place in a keyed layer's open-share guard, if one is set.
+    fleet: Option<FleetMember>,
 }
 
 impl Drop for Breaker {
@@ -98,7 +103,21 @@ impl Breaker {
             predictor: None,
             dependency: OnceLock::new(),
             last_transition: std::sync::Mutex::new(None),
+            capacity: None,
+            fleet: None,
         }
+    }
+
+    /// Caps the calls in flight.
+    pub(crate) fn with_capacity(mut self, limit: Option<u32>) -> Self {
+        self.capacity = limit.map(Capacity::new);
+        self
+    }
+
+    /// Puts the breaker in a keyed layer's open-share guard.
+    pub(crate) fn with_fleet(mut self, member: Option<FleetMember>) -> Self {
+        self.fleet = member;
+        self
     }
 
     /// Turns on early warning with this estimator.
@@ -141,6 +160,10 @@ impl Breaker {
     /// gauge 0, rates 0.
     pub(crate) fn retire(&self) {
         self.handles().set_idle();
+        if let Some(fleet) = &self.fleet {
+            fleet.leave();
+            crate::metrics::open_share(self.metrics.names(), &fleet.guard);
+        }
     }
 
     /// Brings a fresh set of handles up to date with the breaker.
@@ -223,9 +246,77 @@ impl Breaker {
     #[inline]
     pub(crate) fn start(self: &Arc<Self>, ticket: Ticket) -> Result<InFlight, CircuitOpen> {
         if self.machine.stands(ticket) {
+            if self.capacity.is_some() {
+                return self.permitted(ticket);
+            }
             return Ok(self.in_flight(ticket));
         }
         self.admit()
+    }
+
+    /// A call the breaker admitted, under the concurrency limit (there is
+    /// one): it takes a slot, or is refused for capacity. In Disabled and
+    /// MetricsOnly every call passes: one that finds no slot free passes
+    /// without one (counted as a shadow refusal in MetricsOnly).
+    #[cold]
+    #[inline(never)]
+    fn permitted(self: &Arc<Self>, ticket: Ticket) -> Result<InFlight, CircuitOpen> {
+        if let Some(capacity) = &self.capacity {
+            if capacity.try_acquire() {
+                self.capacity_changed(capacity);
+                let mut call = self.in_flight(ticket);
+                call.stamp = Stamp(call.stamp.0 | Stamp::HOLDS_SLOT);
+                return Ok(call);
+            }
+            match self.machine.state() {
+                State::Disabled => {}
+                State::MetricsOnly => self.handles().shadow_rejected(),
+                _ => return Err(self.at_capacity(ticket)),
+            }
+        }
+        Ok(self.in_flight(ticket))
+    }
+
+    /// Gives a call's slot back, if it holds one: a test of a bit of the
+    /// call's stamp.
+    #[inline(always)]
+    fn give_slot(&self, stamp: Stamp) {
+        if stamp.holds_slot() {
+            self.give_slot_slow();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn give_slot_slow(&self) {
+        if let Some(capacity) = &self.capacity {
+            capacity.release();
+            self.capacity_changed(capacity);
+        }
+    }
+
+    /// Sets the in-flight gauges until they show the count as it is.
+    #[cold]
+    fn capacity_changed(&self, capacity: &Capacity) {
+        let handles = self.handles();
+        loop {
+            let n = capacity.in_flight();
+            handles.set_in_flight(n, capacity.limit());
+            if capacity.in_flight() == n {
+                break;
+            }
+        }
+    }
+
+    /// Refuses a call the breaker admitted because every slot is taken;
+    /// gives back the probe permit it may have taken.
+    #[cold]
+    fn at_capacity(&self, ticket: Ticket) -> CircuitOpen {
+        self.machine.release(ticket);
+        self.machine.count_refusal();
+        self.handles().rejected_capacity();
+        let limit = self.capacity.as_ref().map_or(0, Capacity::limit);
+        CircuitOpen::at_capacity(self.service().clone(), self.machine.state(), limit)
     }
 
     /// Admits a call now: takes a half-open permit if it is a probe, counts
@@ -233,7 +324,9 @@ impl Breaker {
     #[inline]
     pub(crate) fn admit(self: &Arc<Self>) -> Result<InFlight, CircuitOpen> {
         match self.machine.admit(|| self.clock.now(), &**self) {
-            Admission::Permitted(ticket) if !ticket.is_probe() => Ok(self.in_flight(ticket)),
+            Admission::Permitted(ticket) if !ticket.is_probe() && self.capacity.is_none() => {
+                Ok(self.in_flight(ticket))
+            }
             admission => self.admit_slow(admission),
         }
     }
@@ -244,7 +337,7 @@ impl Breaker {
     #[inline]
     pub(crate) fn admit_timed(self: &Arc<Self>) -> (Result<InFlight, CircuitOpen>, Option<u64>) {
         match self.machine.admit(|| self.clock.now(), &**self) {
-            Admission::Permitted(ticket) if !ticket.is_probe() => {
+            Admission::Permitted(ticket) if !ticket.is_probe() && self.capacity.is_none() => {
                 let (stamp, start) = self.stamp_timed();
                 let call = InFlight {
                     breaker: self.clone(),
@@ -260,10 +353,17 @@ impl Breaker {
     #[cold]
     fn admit_slow(self: &Arc<Self>, admission: Admission) -> Result<InFlight, CircuitOpen> {
         match admission {
-            Admission::Permitted(ticket) => Ok(self.in_flight(ticket)),
+            Admission::Permitted(ticket) => self.permitted(ticket),
             Admission::Shadow(ticket) => {
+                // Passes whatever the limit says, already counted as a shadow
+                // refusal; it holds a slot if one is free.
                 self.handles().shadow_rejected();
-                Ok(self.in_flight(ticket))
+                let mut call = self.in_flight(ticket);
+                if let Some(capacity) = self.capacity.as_ref().filter(|c| c.try_acquire()) {
+                    self.capacity_changed(capacity);
+                    call.stamp = Stamp(call.stamp.0 | Stamp::HOLDS_SLOT);
+                }
+                Ok(call)
             }
             Admission::Rejected { state, retry_after } => {
                 self.handles().rejected(state);
@@ -315,6 +415,8 @@ impl Breaker {
     #[inline]
     fn finish(&self, call: &InFlight, outcome: Outcome) {
         let stamp = call.stamp;
+        // The call's slot of the concurrency limit, if it holds one.
+        self.give_slot(stamp);
         let mut end = None;
         if matches!(outcome, Outcome::Success) {
             if !stamp.timed() {
@@ -466,7 +568,22 @@ impl Breaker {
 }
 
 impl Observer for Breaker {
+    fn may_trip(&self, reason: Reason) -> bool {
+        let Some(fleet) = &self.fleet else {
+            return true;
+        };
+        if fleet.may_open() {
+            return true;
+        }
+        self.handles().trip_suppressed(reason);
+        false
+    }
+
     fn on_transition_locked(&self, change: &StateChange) {
+        if let Some(fleet) = &self.fleet {
+            fleet.moved(refuses(self.machine.state()));
+            crate::metrics::open_share(self.metrics.names(), &fleet.guard);
+        }
         self.metrics.transition(change);
         *self
             .last_transition
@@ -592,6 +709,7 @@ impl Stamp {
     const SLOT_MASK: u64 = 0b111;
     const TIMED: u64 = 1 << 59;
     const FINISHED: u64 = 1 << 60;
+    const HOLDS_SLOT: u64 = 1 << 61;
 
     #[inline(always)]
     fn started(start: u64, slot: u8, timed: bool) -> Self {
@@ -620,6 +738,11 @@ impl Stamp {
     fn is_finished(self) -> bool {
         self.0 & Self::FINISHED != 0
     }
+
+    #[inline(always)]
+    fn holds_slot(self) -> bool {
+        self.0 & Self::HOLDS_SLOT != 0
+    }
 }
 
 impl InFlight {
@@ -647,9 +770,18 @@ impl InFlight {
 impl Drop for InFlight {
     #[inline]
     fn drop(&mut self) {
-        if self.stamp.is_finished() {
-            return;
+        if !self.stamp.is_finished() {
+            self.dropped();
         }
+    }
+}
+
+impl InFlight {
+    /// A call dropped before its outcome was recorded (cancelled): out of
+    /// line, so the drop of a finished call stays a bit test.
+    #[cold]
+    #[inline(never)]
+    fn dropped(&mut self) {
         self.breaker.finish(self, Outcome::Ignored);
     }
 }

@@ -26,6 +26,8 @@ pub struct CircuitOpen {
     service: Arc<str>,
     state: State,
     retry_after: Option<Duration>,
+    /// Refused for capacity: the concurrency limit.
+    capacity: Option<u32>,
 }
 
 impl CircuitOpen {
@@ -34,7 +36,32 @@ impl CircuitOpen {
             service,
             state,
             retry_after,
+            capacity: None,
         }
+    }
+
+    /// A refusal for capacity: `limit` calls were in flight.
+    pub(crate) fn at_capacity(service: Arc<str>, state: State, limit: u32) -> Self {
+        CircuitOpen {
+            service,
+            state,
+            retry_after: None,
+            capacity: Some(limit),
+        }
+    }
+
+    /// Whether the call was refused because the breaker's concurrency
+    /// limit ([`Builder::max_concurrent_calls`](crate::Builder::max_concurrent_calls))
+    /// was reached, not because the breaker refuses calls: it is then
+    /// usually Closed, and a retry elsewhere, or soon, may pass.
+    pub fn is_capacity(&self) -> bool {
+        self.capacity.is_some()
+    }
+
+    /// The concurrency limit that refused the call, for a refusal for
+    /// capacity.
+    pub fn capacity_limit(&self) -> Option<u32> {
+        self.capacity
     }
 
     /// The name of the breaker that refused the call.
@@ -43,7 +70,7 @@ impl CircuitOpen {
     }
 
     /// The state the breaker was in: Open, HalfOpen (no probe permit left)
-    /// or ForcedOpen.
+    /// or ForcedOpen; for a refusal for capacity, whatever state it was in.
     pub fn state(&self) -> State {
         self.state
     }
@@ -60,18 +87,26 @@ impl fmt::Debug for CircuitOpen {
             .field("service", &self.service())
             .field("state", &self.state())
             .field("retry_after", &self.retry_after())
+            .field("capacity", &self.capacity)
             .finish()
     }
 }
 
 impl fmt::Display for CircuitOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "circuit breaker `{}` is {}",
-            self.service(),
-            self.state().as_str().replace('_', "-")
-        )
+        match self.capacity {
+            Some(limit) => write!(
+                f,
+                "circuit breaker `{}` is at capacity ({limit} calls in flight)",
+                self.service()
+            ),
+            None => write!(
+                f,
+                "circuit breaker `{}` is {}",
+                self.service(),
+                self.state().as_str().replace('_', "-")
+            ),
+        }
     }
 }
 
@@ -126,6 +161,12 @@ mod tests {
         assert_eq!(e.to_string(), "circuit breaker `payments` is half-open");
         let boxed: tower::BoxError = Box::new(e);
         assert!(boxed.is::<CircuitOpen>());
+        let full = CircuitOpen::at_capacity("payments".into(), State::Closed, 8);
+        assert_eq!(
+            full.to_string(),
+            "circuit breaker `payments` is at capacity (8 calls in flight)"
+        );
+        assert!(full.is_capacity() && full.retry_after().is_none());
         let c = ConfigError::new("failure_rate", "must be in (0, 1]");
         assert_eq!(c.to_string(), "invalid `failure_rate`: must be in (0, 1]");
     }

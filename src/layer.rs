@@ -7,6 +7,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::breaker::{Breaker, StateHook};
+use crate::capacity::{FleetGuard, FleetMember};
 use crate::classify::{ClassifyErrorsWith, DefaultClassifier};
 use crate::clock::{duration_nanos, Clock};
 use crate::error::ConfigError;
@@ -134,6 +135,7 @@ pub struct Builder<C = DefaultClassifier> {
     hooks: Vec<StateHook>,
     caller: Option<String>,
     early_warning: Option<EarlyWarning>,
+    max_concurrent_calls: Option<u32>,
 }
 
 impl Builder {
@@ -160,6 +162,7 @@ impl Builder {
             hooks: Vec::new(),
             caller: None,
             early_warning: None,
+            max_concurrent_calls: None,
         }
     }
 }
@@ -190,6 +193,7 @@ impl<C> fmt::Debug for Builder<C> {
             .field("level", &self.level)
             .field("caller", &self.caller)
             .field("early_warning", &self.early_warning)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
             .finish_non_exhaustive()
     }
 }
@@ -334,6 +338,20 @@ impl<C> Builder<C> {
         self
     }
 
+    /// Caps the calls in flight through this breaker (per key, for keyed
+    /// breakers), as Envoy's `max_requests`: a call beyond `n` is refused at
+    /// once with a [`CircuitOpen`](crate::CircuitOpen) whose
+    /// [`is_capacity`](crate::CircuitOpen::is_capacity) is true, never
+    /// queued. The slot is given back when the call's outcome is recorded
+    /// or its future or body is dropped. Adds the `in_flight` and
+    /// `capacity_utilization` gauges and `rejections_total{state="capacity"}`.
+    /// Disabled and MetricsOnly still pass every call. No limit by default;
+    /// `0` is an error from `build()`. See [`capacity`](crate::capacity).
+    pub fn max_concurrent_calls(mut self, n: u32) -> Self {
+        self.max_concurrent_calls = Some(n);
+        self
+    }
+
     /// Follows the trend of the rate policies and warns before they trip
     /// (see [`predict`](crate::predict)). Hooks added with
     /// [`on_early_warning`](Self::on_early_warning) are kept.
@@ -398,6 +416,7 @@ impl<C> Builder<C> {
             hooks: self.hooks,
             caller: self.caller,
             early_warning: self.early_warning,
+            max_concurrent_calls: self.max_concurrent_calls,
         }
     }
 
@@ -534,6 +553,12 @@ impl<C> Builder<C> {
         if let Some(warning) = &self.early_warning {
             warning.validate(&policy)?;
         }
+        if self.max_concurrent_calls == Some(0) {
+            return Err(ConfigError::new(
+                "max_concurrent_calls",
+                "must be at least 1",
+            ));
+        }
         Ok((policy, half_open))
     }
 
@@ -568,6 +593,8 @@ impl<C> Builder<C> {
             hooks: self.hooks,
             caller: self.caller,
             early_warning: self.early_warning,
+            capacity: self.max_concurrent_calls,
+            fleet: None,
         };
         Ok((template, self.classifier))
     }
@@ -589,6 +616,10 @@ pub(crate) struct Template {
     hooks: Vec<StateHook>,
     caller: Option<String>,
     early_warning: Option<EarlyWarning>,
+    /// The concurrency limit of each breaker.
+    capacity: Option<u32>,
+    /// The open-share guard of a keyed layer's breakers.
+    pub(crate) fleet: Option<Arc<FleetGuard>>,
 }
 
 impl fmt::Debug for Template {
@@ -651,12 +682,14 @@ impl Template {
                 State::Disabled,
             ),
         };
-        let metrics = BreakerMetrics::new(self.names.clone(), label, self.level, move |h| {
-            h.set_state(state);
-            h.error_rate.set(0.0);
-            h.slow_call_rate.set(0.0);
-            h.trip_risk.set(0.0);
-        });
+        let capacity = self.capacity.is_some();
+        let metrics =
+            BreakerMetrics::new(self.names.clone(), label, self.level, capacity, move |h| {
+                h.set_state(state);
+                h.error_rate.set(0.0);
+                h.slow_call_rate.set(0.0);
+                h.trip_risk.set(0.0);
+            });
         let breaker = Breaker::new(
             name,
             machine,
@@ -665,7 +698,14 @@ impl Template {
             timed,
             self.hooks.clone(),
         )
-        .with_predictor(predictor);
+        .with_predictor(predictor)
+        .with_capacity(self.capacity)
+        .with_fleet(
+            self.fleet
+                .as_ref()
+                .filter(|_| judged)
+                .map(|guard| FleetMember::new(guard.clone())),
+        );
         let breaker = Arc::new(breaker);
         crate::dependency::track(&breaker, self.caller.as_deref());
         crate::live::register(&breaker);

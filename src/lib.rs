@@ -73,6 +73,7 @@ mod backoff;
 #[cfg(feature = "grpc")]
 pub mod body;
 mod breaker;
+pub mod capacity;
 pub mod classify;
 mod clock;
 pub mod dependency;

@@ -52,6 +52,14 @@
 //! | `_recovery_duration_seconds` | histogram | | Standard |
 //! | `_trip_risk` | gauge | | Standard |
 //! | `_request_duration_seconds` | histogram | `status`: `success`, `failure`, `ignored` | Full |
+//! | `_in_flight` | gauge | | Standard, with [`max_concurrent_calls`](crate::Builder::max_concurrent_calls) |
+//! | `_capacity_utilization` | gauge (0..1): in flight over the limit | | Standard, with `max_concurrent_calls` |
+//! | `_trips_suppressed_total` | counter | `reason`: the trip policy | Standard, keyed with [`max_open_share`](crate::keyed::KeyedBuilder::max_open_share) |
+//! | `_open_share` | gauge (0..1), `service` is the keyed layer's name | | Minimal, keyed with `max_open_share` |
+//!
+//! With a concurrency limit, `_rejections_total` also has `state="capacity"`:
+//! calls refused because the limit was reached, whatever the state (also
+//! counted in `_requests_total{status="rejected"}`).
 //!
 //! The state gauge is set from construction. The transitions that alerts
 //! count with `increase()` are created at zero with the handles: Closed to
@@ -97,8 +105,10 @@
 //! than the cap, at most twice it. A key equal to a name in use shares that
 //! name's series.
 //!
-//! A name is released when the last breaker using it is dropped; its series
-//! then go idle.
+//! A name is released when the last breaker using it is dropped. Its series
+//! then go idle and, with the crate's recorder
+//! ([`exporter::BreakerRecorder`](crate::exporter::BreakerRecorder)), leave
+//! the exposition after its series expiry (default 5 minutes).
 //!
 //! # Cached handles and late recorders
 //!
@@ -174,10 +184,14 @@ pub(crate) struct Names {
     pub(crate) recovery: SharedString,
     pub(crate) trip_risk: SharedString,
     pub(crate) dependency: SharedString,
+    pub(crate) in_flight: SharedString,
+    pub(crate) capacity_utilization: SharedString,
+    pub(crate) trips_suppressed: SharedString,
+    pub(crate) open_share: SharedString,
 }
 
 /// The suffixes of the metric names, after the prefix and `_`.
-const SUFFIXES: [&str; 11] = [
+const SUFFIXES: [&str; 15] = [
     "state",
     "transitions_total",
     "error_rate",
@@ -189,6 +203,10 @@ const SUFFIXES: [&str; 11] = [
     "recovery_duration_seconds",
     "trip_risk",
     "dependency",
+    "in_flight",
+    "capacity_utilization",
+    "trips_suppressed_total",
+    "open_share",
 ];
 
 /// Every metric prefix a breaker was configured with in this process.
@@ -233,6 +251,10 @@ impl Names {
             recovery: n("recovery_duration_seconds"),
             trip_risk: n("trip_risk"),
             dependency: n("dependency"),
+            in_flight: n("in_flight"),
+            capacity_utilization: n("capacity_utilization"),
+            trips_suppressed: n("trips_suppressed_total"),
+            open_share: n("open_share"),
         }
     }
 
@@ -293,6 +315,23 @@ impl Names {
         describe_gauge!(
             self.trip_risk.clone(),
             "How close the trip policies are to opening the breaker (0..1)."
+        );
+        describe_gauge!(
+            self.in_flight.clone(),
+            "Calls in flight, for a breaker with a concurrency limit."
+        );
+        describe_gauge!(
+            self.capacity_utilization.clone(),
+            "Calls in flight over the concurrency limit (0..1)."
+        );
+        describe_counter!(
+            self.trips_suppressed.clone(),
+            Unit::Count,
+            "Trips held back by a keyed layer's max_open_share."
+        );
+        describe_gauge!(
+            self.open_share.clone(),
+            "Share of a keyed layer's live keys refusing calls (0..1)."
         );
     }
 }
@@ -505,6 +544,8 @@ const REJECTING: [State; 4] = [
     State::ForcedOpen,
     State::MetricsOnly,
 ];
+/// The `state` label of a refusal for capacity: not a state, the reason.
+const CAPACITY: &str = "capacity";
 const FAILURE_SLOTS: usize = 32;
 
 /// Whether `recorder` is the facade's no-op recorder, the one in use when
@@ -533,12 +574,20 @@ pub(crate) struct Handles {
     rejected: Counter,
     duration: [Histogram; 3],
     rejections: [Counter; 4],
+    /// Refusals for capacity; a no-op without a concurrency limit.
+    rejected_capacity: Counter,
+    in_flight: Gauge,
+    capacity_utilization: Gauge,
     state: [Gauge; 6],
     pub(crate) error_rate: Gauge,
     pub(crate) slow_call_rate: Gauge,
     pub(crate) trip_risk: Gauge,
     recovery: Histogram,
     failures: [OnceLock<(&'static str, Counter)>; FAILURE_SLOTS],
+    suppressed_name: SharedString,
+    /// Trips held back by the open-share guard, by trip policy: registered
+    /// at the first one, so keys never held back have no series.
+    suppressed: [OnceLock<Counter>; 3],
 }
 
 impl fmt::Debug for Handles {
@@ -551,7 +600,13 @@ impl fmt::Debug for Handles {
 }
 
 impl Handles {
-    fn resolve(recorder: usize, names: &Names, service: &Arc<str>, level: MetricsLevel) -> Self {
+    fn resolve(
+        recorder: usize,
+        names: &Names,
+        service: &Arc<str>,
+        level: MetricsLevel,
+        capacity: bool,
+    ) -> Self {
         let service = SharedString::from(service.clone());
         let with = |extra: &[(&'static str, &'static str)]| -> Vec<Label> {
             let mut labels = vec![Label::new("service", service.clone())];
@@ -559,6 +614,7 @@ impl Handles {
             labels
         };
         let on = |min: MetricsLevel| level >= min;
+        let limited = |min: MetricsLevel| capacity && level >= min;
         metrics::with_recorder(|r| {
             let counter = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
                 if on(min) {
@@ -593,12 +649,29 @@ impl Handles {
                 duration: OUTCOMES.map(|s| histogram(&names.duration, &[("status", s)], Full)),
                 rejections: REJECTING
                     .map(|s| counter(&names.rejections, &[("state", s.as_str())], Standard)),
+                rejected_capacity: if limited(Minimal) {
+                    counter(&names.rejections, &[("state", CAPACITY)], Standard)
+                } else {
+                    Counter::noop()
+                },
+                in_flight: if limited(Standard) {
+                    gauge(&names.in_flight, &[], Standard)
+                } else {
+                    Gauge::noop()
+                },
+                capacity_utilization: if limited(Standard) {
+                    gauge(&names.capacity_utilization, &[], Standard)
+                } else {
+                    Gauge::noop()
+                },
                 state: State::ALL.map(|s| gauge(&names.state, &[("state", s.as_str())], Minimal)),
                 error_rate: gauge(&names.error_rate, &[], Standard),
                 slow_call_rate: gauge(&names.slow_call_rate, &[], Standard),
                 trip_risk: gauge(&names.trip_risk, &[], Standard),
                 recovery: histogram(&names.recovery, &[], Standard),
                 failures: std::array::from_fn(|_| OnceLock::new()),
+                suppressed_name: names.trips_suppressed.clone(),
+                suppressed: std::array::from_fn(|_| OnceLock::new()),
             }
         })
     }
@@ -646,6 +719,19 @@ impl Handles {
         }
     }
 
+    /// Counts a call refused for capacity.
+    pub(crate) fn rejected_capacity(&self) {
+        self.rejected.increment(1);
+        self.rejected_capacity.increment(1);
+    }
+
+    /// Sets the in-flight gauges.
+    pub(crate) fn set_in_flight(&self, in_flight: u32, limit: u32) {
+        self.in_flight.set(f64::from(in_flight));
+        self.capacity_utilization
+            .set(f64::from(in_flight) / f64::from(limit.max(1)));
+    }
+
     /// Counts a call let through only by shadow mode.
     pub(crate) fn shadow_rejected(&self) {
         self.rejections[3].increment(1);
@@ -667,6 +753,31 @@ impl Handles {
         }
         // More kinds than slots: look this one up each time.
         self.failure_counter(name).increment(1);
+    }
+
+    /// Counts a trip held back by a keyed layer's open-share guard.
+    pub(crate) fn trip_suppressed(&self, reason: Reason) {
+        if self.level < MetricsLevel::Standard {
+            return;
+        }
+        let slot = match reason {
+            Reason::ConsecutiveFailures => 0,
+            Reason::FailureRate => 1,
+            Reason::SlowCallRate => 2,
+            _ => return self.suppressed_counter(reason).increment(1),
+        };
+        self.suppressed[slot]
+            .get_or_init(|| self.suppressed_counter(reason))
+            .increment(1);
+    }
+
+    fn suppressed_counter(&self, reason: Reason) -> Counter {
+        let labels = vec![
+            Label::new("service", self.service.clone()),
+            Label::from_static_parts("reason", reason.as_str()),
+        ];
+        let key = Key::from_parts(self.suppressed_name.clone(), labels);
+        metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
     }
 
     fn failure_counter(&self, kind: &'static str) -> Counter {
@@ -710,6 +821,8 @@ pub(crate) struct BreakerMetrics {
     names: Arc<Names>,
     service: ServiceLabel,
     level: MetricsLevel,
+    /// Whether the breaker has a concurrency limit (its gauges exist).
+    capacity: bool,
     /// Transitions created at zero for every recorder.
     expected: Box<[Transition]>,
     /// Boxed: a breaker usually sees one recorder, and keyed breakers are many.
@@ -764,12 +877,14 @@ impl BreakerMetrics {
         names: Arc<Names>,
         service: ServiceLabel,
         level: MetricsLevel,
+        capacity: bool,
         fresh: impl Fn(&Handles),
     ) -> Self {
         let metrics = BreakerMetrics {
             names,
             service,
             level,
+            capacity,
             expected: Box::new([]),
             slots: std::array::from_fn(|_| OnceLock::new()),
         };
@@ -800,7 +915,13 @@ impl BreakerMetrics {
 
     fn resolve(&self, recorder: usize, fresh: &impl Fn(&Handles)) -> Handles {
         self.names.describe(self.level);
-        let handles = Handles::resolve(recorder, &self.names, self.service.value(), self.level);
+        let handles = Handles::resolve(
+            recorder,
+            &self.names,
+            self.service.value(),
+            self.level,
+            self.capacity,
+        );
         self.create_expected();
         fresh(&handles);
         handles
@@ -902,6 +1023,19 @@ impl BreakerMetrics {
         let key = Key::from_parts(self.names.transitions.clone(), labels);
         metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
     }
+}
+
+/// Sets a keyed layer's open-share gauge (cold path: after transitions and
+/// evictions), in the current recorder.
+pub(crate) fn open_share(names: &Names, guard: &crate::capacity::FleetGuard) {
+    guard.publish(current_recorder(), || {
+        let labels = vec![Label::new(
+            "service",
+            SharedString::from(guard.name.clone()),
+        )];
+        let key = Key::from_parts(names.open_share.clone(), labels);
+        metrics::with_recorder(|r| r.register_gauge(&key, &METADATA))
+    });
 }
 
 #[cfg(test)]

@@ -215,6 +215,12 @@ pub struct StateChange {
 
 /// Told about every transition.
 pub(crate) trait Observer {
+    /// Whether a trip policy may open the breaker now (called with the
+    /// transition lock held, for a trip that would refuse calls): a keyed
+    /// layer's open-share guard may say no.
+    fn may_trip(&self, _reason: Reason) -> bool {
+        true
+    }
     /// Called with the transition lock held: keep it short (metrics).
     fn on_transition_locked(&self, change: &StateChange);
     /// Called after the lock is released (logs, user hooks).
@@ -980,6 +986,9 @@ impl Machine {
                 let counts = self.window.counts(now);
                 let consecutive = self.consecutive.load(Ordering::Acquire);
                 match self.config.policy.evaluate(&counts, consecutive) {
+                    // A trip that would refuse calls (not a shadow one, not
+                    // while disabled or already forced open) may be held back.
+                    Some(reason) if w.mode() == NORMAL && !obs.may_trip(reason) => return false,
                     Some(reason) => reason,
                     None => return false,
                 }

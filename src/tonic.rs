@@ -35,8 +35,17 @@ use crate::CircuitOpen;
 impl From<CircuitOpen> for Status {
     /// UNAVAILABLE, with `retry-after` (whole seconds, rounded up) and
     /// `grpc-retry-pushback-ms` metadata when the breaker knows when it will
-    /// probe again. The message names no upstream.
+    /// probe again. The message names no upstream. A refusal for capacity is
+    /// UNAVAILABLE "concurrency limit reached", with `x-envoy-overloaded:
+    /// true` metadata and no pushback.
     fn from(open: CircuitOpen) -> Status {
+        if open.is_capacity() {
+            let mut status = Status::unavailable("concurrency limit reached");
+            status
+                .metadata_mut()
+                .insert("x-envoy-overloaded", "true".parse().expect("ascii"));
+            return status;
+        }
         let mut status = Status::unavailable("circuit open");
         if let Some(after) = open.retry_after() {
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
@@ -92,6 +101,15 @@ mod tests {
             status.metadata().get("grpc-retry-pushback-ms").unwrap(),
             "1500"
         );
+        let full = status_from_error(Box::new(CircuitOpen::at_capacity(
+            "x".into(),
+            State::Closed,
+            4,
+        )));
+        assert_eq!(full.code(), Code::Unavailable);
+        assert_eq!(full.message(), "concurrency limit reached");
+        assert_eq!(full.metadata().get("x-envoy-overloaded").unwrap(), "true");
+        assert!(full.metadata().get("grpc-retry-pushback-ms").is_none());
         let other = status_from_error(Box::new(Status::not_found("gone")));
         assert_eq!(other.code(), Code::NotFound);
         let plain = status_from_error("boom".into());

@@ -15,9 +15,11 @@ use tower_breaker::{Backoff, CircuitBreakerLayer, Clock, MetricsLevel};
 /// (series with classic histograms, series with native histograms) of one
 /// breaker: as built, and after successes, failures, a trip, a refusal
 /// and a recovery.
-fn budget(level: MetricsLevel) -> [(usize, usize); 2] {
+fn budget(level: MetricsLevel, limit: Option<u32>) -> [(usize, usize); 2] {
     let (recorder, handle) = RecorderBuilder::new().build().unwrap();
-    let name = format!("budget-{level:?}").to_lowercase();
+    let name = format!("budget-{level:?}-{limit:?}")
+        .to_lowercase()
+        .replace(['(', ')'], "");
     let count = || {
         let text = handle.render();
         let mut classic = 0;
@@ -54,15 +56,18 @@ fn budget(level: MetricsLevel) -> [(usize, usize); 2] {
     };
     let (clock, time) = Clock::manual();
     metrics::with_local_recorder(&recorder, || {
-        let layer = CircuitBreakerLayer::builder()
+        let builder = CircuitBreakerLayer::builder()
             .name(&name)
             .clock(clock)
             .metrics_level(level)
             .consecutive_failures(2)
             .half_open_permits(1)
-            .open_duration(Backoff::fixed(Duration::from_secs(1)))
-            .build()
-            .unwrap();
+            .open_duration(Backoff::fixed(Duration::from_secs(1)));
+        let builder = match limit {
+            Some(n) => builder.max_concurrent_calls(n),
+            None => builder,
+        };
+        let layer = builder.build().unwrap();
         let built = count();
         let mut svc = layer.layer(tower::service_fn(|fail: bool| async move {
             if fail {
@@ -95,7 +100,7 @@ fn series_per_breaker_at_each_level() {
         MetricsLevel::Full,
     ]
     .into_iter()
-    .map(|level| (level, budget(level)))
+    .map(|level| (level, budget(level, None)))
     .collect();
     for (level, [built, used]) in &got {
         println!("{level:?}: built {built:?}, after traffic {used:?}");
@@ -106,6 +111,29 @@ fn series_per_breaker_at_each_level() {
         (MetricsLevel::Minimal, [(15, 15), (15, 15)]),
         (MetricsLevel::Standard, [(36, 23), (37, 24)]),
         (MetricsLevel::Full, [(90, 26), (91, 27)]),
+    ];
+    assert_eq!(got, expected);
+}
+
+/// A concurrency limit adds its two gauges and the capacity refusals'
+/// counter, at Standard and above (with the other refusals by state).
+#[test]
+fn a_concurrency_limit_adds_its_series() {
+    let got: Vec<_> = [
+        MetricsLevel::Minimal,
+        MetricsLevel::Standard,
+        MetricsLevel::Full,
+    ]
+    .into_iter()
+    .map(|level| (level, budget(level, Some(8))))
+    .collect();
+    for (level, [built, used]) in &got {
+        println!("{level:?} with a limit: built {built:?}, after traffic {used:?}");
+    }
+    let expected = [
+        (MetricsLevel::Minimal, [(15, 15), (15, 15)]),
+        (MetricsLevel::Standard, [(39, 26), (40, 27)]),
+        (MetricsLevel::Full, [(93, 29), (94, 30)]),
     ];
     assert_eq!(got, expected);
 }

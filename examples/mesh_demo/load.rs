@@ -18,6 +18,8 @@ const MAX_IN_FLIGHT: usize = 256;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The body of a breaker's 503 (see `tower_breaker::axum`).
 const REJECTED_BODY: &[u8] = b"service unavailable: circuit open";
+/// The body of its 503 when its concurrency limit is reached.
+const OVERLOADED_BODY: &[u8] = b"service unavailable: concurrency limit reached";
 
 /// What one target answered.
 #[derive(Debug, Default)]
@@ -113,7 +115,11 @@ pub(crate) async fn run(
             let outcome = tokio::time::timeout(REQUEST_TIMEOUT, call(&client, &target.url)).await;
             let counter = match outcome {
                 Ok(Ok((status, _))) if status.is_success() => &target.stats.ok,
-                Ok(Ok((status, body))) if status == 503 && body.starts_with(REJECTED_BODY) => {
+                Ok(Ok((status, body)))
+                    if status == 503
+                        && (body.starts_with(REJECTED_BODY)
+                            || body.starts_with(OVERLOADED_BODY)) =>
+                {
                     &target.stats.rejected
                 }
                 Ok(Ok(_)) => &target.stats.failed,
@@ -126,6 +132,54 @@ pub(crate) async fn run(
     // Wait for the requests in flight (each is bounded by its timeout).
     let all = u32::try_from(MAX_IN_FLIGHT).expect("small");
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, slots.acquire_many(all)).await;
+}
+
+/// Every `every`, `size` calls to `target` at once, until `stop` turns
+/// true: bursts that go past a concurrency limit now and then.
+pub(crate) async fn bursts(
+    target: Arc<Target>,
+    size: usize,
+    every: Duration,
+    client: HttpClient,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+        let calls = (0..size).map(|_| {
+            let (target, client) = (target.clone(), client.clone());
+            async move {
+                let outcome =
+                    tokio::time::timeout(REQUEST_TIMEOUT, call(&client, &target.url)).await;
+                let counter = match outcome {
+                    Ok(Ok((status, _))) if status.is_success() => &target.stats.ok,
+                    Ok(Ok((status, body)))
+                        if status == 503 && body.starts_with(OVERLOADED_BODY) =>
+                    {
+                        &target.stats.rejected
+                    }
+                    Ok(Ok(_)) => &target.stats.failed,
+                    Ok(Err(_)) | Err(_) => &target.stats.errors,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        futures_join_all(calls).await;
+    }
+}
+
+/// Runs every future to completion, concurrently.
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    calls: impl Iterator<Item = F>,
+) {
+    let tasks: Vec<_> = calls.map(tokio::spawn).collect();
+    for task in tasks {
+        let _ = task.await;
+    }
 }
 
 async fn call(

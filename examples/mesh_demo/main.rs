@@ -18,6 +18,11 @@
 //!   `?failure_rate=0.9&latency_ms=100`, or `?schedule=resume`) the faults;
 //! - **a cascade** A -> B -> C: `frontend` calls `checkout` which calls the
 //!   flaky `payments`, each call through a breaker (on free ports);
+//! - **a concurrency limit**: a slow `inventory` upstream (20 to 150 ms)
+//!   behind a breaker with `max_concurrent_calls(4)`, which bursts of 6
+//!   calls every 2 s go past: the extra calls get a 503 with
+//!   `x-envoy-overloaded: true`, counted in
+//!   `rejections_total{service="inventory",state="capacity"}`;
 //! - **a load generator**: 200 requests per second (`--rate`) spread over
 //!   gateway/orders, gateway/catalog and frontend, stopping with the demo.
 //!
@@ -123,6 +128,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         mesh::proxy("frontend", "checkout", checkout, client.clone())?,
     )
     .await?;
+    // A slow upstream behind a breaker with a concurrency limit of 4, which
+    // bursts of 6 calls every 2 s go past.
+    let inventory = mesh::serve(0, mesh::slow()).await?;
+    let inventory =
+        mesh::serve(0, mesh::limited("inventory", inventory, client.clone(), 4)?).await?;
     // The gateway, with one breaker per upstream (a keyed layer).
     let gateway_router = mesh::gateway(
         &[("orders", orders), ("catalog", catalog)],
@@ -153,6 +163,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
+    let bursty = Arc::new(Target::new("inventory", format!("http://{inventory}/")));
+    let bursts = tokio::spawn(load::bursts(
+        bursty.clone(),
+        6,
+        Duration::from_secs(2),
+        client.clone(),
+        stopped.clone(),
+    ));
     let load = tokio::spawn(load::run(targets.clone(), args.rate, client, stopped));
     let status = tokio::spawn(report(targets.clone(), faults.clone()));
 
@@ -169,6 +187,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     stop.send_replace(true);
     let _ = load.await;
+    let _ = bursts.await;
     status.abort();
     schedule.abort();
     for target in targets.iter() {
@@ -178,6 +197,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             target.name, t.ok, t.failed, t.rejected, t.errors, t.skipped
         );
     }
+    let t = bursty.stats.totals();
+    println!(
+        "inventory (bursts of 6, limit 4): {} ok, {} refused for capacity, {} failed, {} errors",
+        t.ok, t.rejected, t.failed, t.errors
+    );
     metrics.shutdown().await;
     Ok(())
 }

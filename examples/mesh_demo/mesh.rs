@@ -170,6 +170,42 @@ pub(crate) fn healthy() -> Router {
     })
 }
 
+/// A slow, healthy upstream: answers after 20 to 150 ms (its own
+/// pseudo-random sequence), so calls pile up in bursts.
+pub(crate) fn slow() -> Router {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    Router::new().fallback(move || {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let millis = 20 + (crate::faults::dice(n) * 130.0) as u64;
+        async move {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            (StatusCode::OK, "ok\n")
+        }
+    })
+}
+
+/// The gateway's hop to `inventory`: a breaker with a concurrency limit
+/// (`max_concurrent_calls`), which the demo's load sometimes exceeds: those
+/// calls are refused at once with 503 and `x-envoy-overloaded: true`.
+pub(crate) fn limited(
+    name: &'static str,
+    upstream: SocketAddr,
+    client: HttpClient,
+    limit: u32,
+) -> Result<Router, ConfigError> {
+    let hop = hop(
+        breaker("gateway")
+            .name(name)
+            .max_concurrent_calls(limit)
+            .build()?,
+        client,
+    );
+    Ok(Router::new().fallback(move || {
+        let hop = hop.clone();
+        async move { forward(hop, format!("http://{upstream}/"), name).await }
+    }))
+}
+
 /// A service that calls `upstream` (named `name`) for each of its requests,
 /// through a breaker: B (checkout) calls C (payments), A (frontend) calls B.
 pub(crate) fn proxy(

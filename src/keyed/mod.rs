@@ -55,13 +55,17 @@
 //! a header your router sets). Keys are hashed with std's SipHash, seeded at
 //! random per layer, so clients cannot aim keys at one shard.
 //!
-//! An evicted key's series are **set idle, not removed**: the `metrics`
-//! facade cannot remove a series, so eviction sets every value of its
-//! one-hot `state` gauge to 0 (no state at all, which no live breaker
-//! reports) and its error rate, slow-call rate and trip risk to 0. Counters
-//! and histograms keep their totals. To have the series dropped, give the
-//! recorder an idle timeout longer than the breaker's (for Prometheus,
-//! `PrometheusBuilder::idle_timeout`). A key that comes back gets a fresh
+//! An evicted key's series are first **set idle**: every value of its
+//! one-hot `state` gauge goes to 0 (no state at all, which no live breaker
+//! reports) and its error rate, slow-call rate and trip risk to 0; counters
+//! and histograms keep their totals. With the crate's recorder
+//! ([`exporter::install`](crate::exporter::install), or any
+//! [`BreakerRecorder`](crate::exporter::BreakerRecorder)), they then leave
+//! the exposition after its
+//! [`series_expiry`](crate::exporter::RecorderBuilder::series_expiry)
+//! (default 5 minutes), unless the key comes back first and continues them.
+//! Another recorder keeps them as its own lifecycle says (the `metrics`
+//! facade cannot remove a series). A key that comes back gets a fresh
 //! Closed breaker.
 //!
 //! # Memory
@@ -166,6 +170,7 @@ impl<C> Builder<C> {
             max_keys: DEFAULT_MAX_KEYS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             fallback_key: DEFAULT_FALLBACK_KEY.to_owned(),
+            max_open_share: None,
         }
     }
 }
@@ -177,6 +182,7 @@ pub struct KeyedBuilder<K, C = DefaultClassifier> {
     max_keys: usize,
     idle_timeout: Duration,
     fallback_key: String,
+    max_open_share: Option<f64>,
 }
 
 impl<K: fmt::Debug, C> fmt::Debug for KeyedBuilder<K, C> {
@@ -187,6 +193,7 @@ impl<K: fmt::Debug, C> fmt::Debug for KeyedBuilder<K, C> {
             .field("max_keys", &self.max_keys)
             .field("idle_timeout", &self.idle_timeout)
             .field("fallback_key", &self.fallback_key)
+            .field("max_open_share", &self.max_open_share)
             .finish()
     }
 }
@@ -213,6 +220,21 @@ impl<K, C> KeyedBuilder<K, C> {
         self
     }
 
+    /// Caps the share of live keys that may refuse calls at once, as
+    /// Envoy's `max_ejection_percent`: a trip policy may open one more key
+    /// only while the keys refusing (Open, HalfOpen, ForcedOpen) would then
+    /// be at most `max(1, floor(share × live keys))`. A trip held back
+    /// leaves its key Closed (its calls keep flowing, still judged) and
+    /// counts `trips_suppressed_total{service=key,reason}`; the policy asks
+    /// again on the key's next judged call. Forcing a key open by hand is
+    /// never held back. The share is exported as `open_share{service=NAME}`,
+    /// NAME being the builder's [`name`](Builder::name). In `(0, 1]`; no
+    /// cap by default. See [`capacity`](crate::capacity).
+    pub fn max_open_share(mut self, share: f64) -> Self {
+        self.max_open_share = Some(share);
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<KeyedCircuitBreakerLayer<K, C>, ConfigError> {
         if self.max_keys == 0 {
@@ -227,7 +249,19 @@ impl<K, C> KeyedBuilder<K, C> {
         if self.fallback_key.trim().is_empty() {
             return Err(ConfigError::new("fallback_key", "must not be empty"));
         }
-        let (template, classifier) = self.builder.into_template()?;
+        if let Some(share) = self.max_open_share {
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(ConfigError::new(
+                    "max_open_share",
+                    format!("must be in (0, 1], got {share}"),
+                ));
+            }
+        }
+        let (mut template, classifier) = self.builder.into_template()?;
+        if let Some(share) = self.max_open_share {
+            let name: Arc<str> = sanitize_label(&template.name).into();
+            template.fleet = Some(Arc::new(crate::capacity::FleetGuard::new(share, name)));
+        }
         let idle = duration_nanos(self.idle_timeout);
         let fallback = sanitize_label(&self.fallback_key).into_boxed_str();
         Ok(KeyedCircuitBreakerLayer {
