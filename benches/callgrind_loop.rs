@@ -4,7 +4,7 @@
 //! shared machine, where timings are not. No recorder is installed.
 //!
 //! ```sh
-//! cargo bench --bench callgrind_loop --no-run
+//! cargo bench -p tower-breaker-benches --bench callgrind_loop --no-run
 //! bin=$(ls target/release/deps/callgrind_loop-* | grep -v '\.d$')
 //! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*counted*' \
 //!     "$bin" success 100000   # paths: success failure open time keyed capacity

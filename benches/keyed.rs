@@ -8,7 +8,7 @@
 //! all `n` keys in turn, so with many keys every call touches a breaker
 //! that has left the CPU caches (the worst case of a mesh proxy).
 //!
-//! Run: `cargo bench --bench keyed -- --warm-up-time 1 --measurement-time 3`.
+//! Run: `cargo bench -p tower-breaker-benches --bench keyed -- --warm-up-time 1 --measurement-time 3`.
 
 use std::borrow::Cow;
 use std::future::{ready, Ready};

@@ -37,7 +37,7 @@
 //! so on or off for the whole build): `tower_resilience` runs it with no
 //! recorder, `tower_resilience_metrics` with the Prometheus recorder.
 //!
-//! Run: `cargo bench --bench peers -- --warm-up-time 1 --measurement-time 2`.
+//! Run: `cargo bench -p tower-breaker-benches --bench peers -- --warm-up-time 1 --measurement-time 2`.
 
 use std::fmt;
 use std::future::{ready, Future, Ready};

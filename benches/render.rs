@@ -19,7 +19,7 @@
 //! metrics endpoint sees them (half the services, each view), next to the
 //! unscoped render: a scoped render must cost at most 1.5x an unscoped one.
 //!
-//! Run: `cargo bench --bench render -- --warm-up-time 1 --measurement-time 3`.
+//! Run: `cargo bench -p tower-breaker-benches --bench render -- --warm-up-time 1 --measurement-time 3`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

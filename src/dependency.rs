@@ -506,6 +506,7 @@ fn dot_id(s: &str) -> String {
 }
 
 #[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 impl crate::exporter::MetricsEndpointBuilder {
     /// Also serves the [`DependencyGraph`] at [`JSON_PATH`]
     /// (`/dependencies.json`, `application/json`) and [`DOT_PATH`]

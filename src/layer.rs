@@ -113,6 +113,19 @@ enum WindowConfig {
 /// turns it off. [`consecutive_failures`](Builder::consecutive_failures) and
 /// [`slow_call_rate`](Builder::slow_call_rate) add policies beside it; the
 /// first policy to fire trips the breaker.
+///
+/// A builder is `Clone`: configure once, then name each copy.
+///
+/// ```
+/// use tower_breaker::CircuitBreakerLayer;
+///
+/// let base = CircuitBreakerLayer::builder().failure_rate(0.3).minimum_calls(50);
+/// let orders = base.clone().name("orders").build()?;
+/// let payments = base.name("payments").build()?;
+/// assert_ne!(orders.handle().name(), payments.handle().name());
+/// # Ok::<(), tower_breaker::ConfigError>(())
+/// ```
+#[derive(Clone)]
 pub struct Builder<C = DefaultClassifier> {
     name: String,
     consecutive_failures: Option<u32>,
@@ -200,7 +213,11 @@ impl<C> fmt::Debug for Builder<C> {
 
 impl<C> Builder<C> {
     /// The breaker's name: the `service` label of its metrics and the name
-    /// in its logs and errors.
+    /// in its logs and errors (sanitized, see
+    /// [`sanitize_label`](crate::metrics::sanitize_label)). Default
+    /// `default`. Give each breaker its own: two live breakers with the same
+    /// name (two unnamed ones, say) report into the same series, and the
+    /// second one built logs a warning saying so.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

@@ -66,11 +66,14 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod backoff;
 #[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod body;
 mod breaker;
 pub mod capacity;
@@ -79,6 +82,7 @@ mod clock;
 pub mod dependency;
 mod error;
 #[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod exporter;
 mod future;
 mod handle;
@@ -92,6 +96,7 @@ pub mod predict;
 mod service;
 pub mod state;
 #[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod tonic;
 mod window;
 
@@ -140,6 +145,18 @@ pub mod __fuzz {
         crate::exporter::exposition::parse(text).is_ok()
     }
 }
+
+/// The README's examples, compiled as doctests (they need the optional
+/// features they show).
+#[cfg(all(
+    doctest,
+    feature = "axum",
+    feature = "tonic",
+    feature = "prometheus",
+    feature = "tower-http"
+))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// The error type of the breaker's service: the inner error, or [`CircuitOpen`].
 pub use tower::BoxError;

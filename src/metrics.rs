@@ -419,12 +419,26 @@ enum Kind {
 impl ServiceLabel {
     /// The label of a named breaker: its name, sanitized; the overflow
     /// label only if the names of named breakers alone fill the cap.
+    ///
+    /// A name already used by a live breaker (two layers left unnamed, both
+    /// `default`, or names that sanitize alike) is logged at warn: their
+    /// series merge into one.
     pub(crate) fn named(name: &str) -> Self {
         let clean: Arc<str> = sanitize_label(name).into();
         let mut registry = registry();
-        let held = registry.names.get(&clean).map_or(0, |h| h.0);
+        let (held, keyed) = registry.names.get(&clean).copied().unwrap_or((0, 0));
         if held == 0 && registry.named >= SERVICE_LIMIT.load(Ordering::Relaxed) {
             return ServiceLabel::overflow();
+        }
+        if held + keyed > 0 {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                service = &*clean,
+                name,
+                "another live circuit breaker already reports as service {clean:?}: \
+                 their metrics merge into one series; give each breaker its own \
+                 Builder::name"
+            );
         }
         ServiceLabel::register(&mut registry, clean, Kind::Named)
     }

@@ -419,7 +419,7 @@ impl Predictor {
                 Some(dt) => trend.observe(rates[i], dt, self.tau),
             }
             let (risk, time) = trend.project(threshold, horizon);
-            if best.map_or(true, |(_, r, _)| risk > r) {
+            if best.is_none_or(|(_, r, _)| risk > r) {
                 best = Some((i, risk, time));
             }
         }

@@ -63,6 +63,7 @@
 //! tells an observer about transitions, and the caller turns those into
 //! metrics, logs and hooks.
 
+use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,13 @@ pub enum State {
     /// Set by hand (shadow mode): every request flows, the machine runs in the
     /// shadow and counts the requests it would have refused.
     MetricsOnly,
+}
+
+/// The state's label value (`closed`, `half_open`, ...), as in the metrics.
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl State {
@@ -136,6 +144,14 @@ pub enum Reason {
     MaxWaitElapsed,
     /// Someone called the handle.
     Manual,
+}
+
+/// The reason's label value (`failure_rate`, `manual`, ...), as in the
+/// metrics.
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Reason {

@@ -167,3 +167,40 @@ fn every_transition_is_logged_warn_on_open_info_otherwise() {
         });
     });
 }
+
+/// A second live breaker under a name already in use (two unnamed layers
+/// share `default`) is logged at warn, once per such breaker; a name freed
+/// by a dropped breaker may be taken again quietly.
+#[test]
+fn a_second_breaker_with_the_same_name_is_a_warning() {
+    let capture = Capture::default();
+    tracing::subscriber::with_default(capture.clone(), || {
+        let first = CircuitBreakerLayer::builder()
+            .name("dup_name")
+            .build()
+            .unwrap();
+        assert!(capture.take().is_empty(), "the first one is quiet");
+        let second = CircuitBreakerLayer::builder()
+            .name("dup name")
+            .build()
+            .unwrap();
+        let events = capture.take();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].level, Level::WARN);
+        assert_eq!(events[0].field("service"), "dup_name");
+        assert_eq!(events[0].field("name"), "dup name");
+        let _ = (first, second);
+        let other = CircuitBreakerLayer::builder()
+            .name("dup-other")
+            .build()
+            .unwrap();
+        assert!(capture.take().is_empty());
+        drop(other);
+        let again = CircuitBreakerLayer::builder()
+            .name("dup-other")
+            .build()
+            .unwrap();
+        assert!(capture.take().is_empty(), "its name was free again");
+        drop(again);
+    });
+}

@@ -17,11 +17,18 @@ mod grpc;
 mod http;
 #[cfg(feature = "http")]
 pub(crate) mod parse;
+#[cfg(feature = "tower-http")]
+mod tower_http;
 
 #[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub use self::grpc::{GrpcClassifier, GrpcCode};
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::http::HttpClassifier;
+#[cfg(feature = "tower-http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
+pub use self::tower_http::{FailureClassKind, TowerHttp, TowerHttpBody};
 
 /// What a finished call means to the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
