@@ -37,7 +37,8 @@ pin_project! {
     /// let svc = layer.layer(service_fn(|_: ()| async {
     ///     // A stream that ends without trailers: no status, so UNKNOWN.
     ///     let body = Full::new(Bytes::from_static(b"\0\0\0\0\0"));
-    ///     Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    ///     let res = http::Response::builder().header("content-type", "application/grpc");
+    ///     Ok::<_, std::convert::Infallible>(res.body(body).unwrap())
     /// }));
     /// let body = svc.oneshot(()).await.unwrap().into_body();
     /// assert_eq!(layer.handle().state(), State::Closed); // not judged yet
