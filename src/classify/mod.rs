@@ -21,7 +21,7 @@ pub(crate) mod parse;
 #[cfg(feature = "grpc")]
 pub use self::grpc::{GrpcClassifier, GrpcCode};
 #[cfg(feature = "http")]
-pub use self::http::HttpClassifier;
+pub use self::http::{HttpBodyClassifier, HttpClassifier};
 
 /// What a finished call means to the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
