@@ -6,6 +6,17 @@
 //! rejection into its 503 and any other error into a bare 500, without a
 //! `HandleErrorLayer`.
 //!
+//! Layer order decides what a panic or a timeout means. Outermost first:
+//! `RejectWith503Layer`, the breaker, then tower-http's `CatchPanicLayer`
+//! and `tower::timeout::TimeoutLayer` *inside* it. A panic caught inside is
+//! a 500, a failure; caught outside, it unwinds through the breaker, whose
+//! call is dropped and ignored. A timeout inside is a failure of kind
+//! `timeout` (answered 500); outside, it drops the breaker's call, ignored.
+//! tower-http's `TimeoutLayer` answers with a status instead of an error:
+//! inside the breaker, choose one the classifier fails (its default 408 is
+//! a success for [`HttpClassifier`](crate::classify::HttpClassifier)
+//! unless `failure_statuses(408..=408)`).
+//!
 //! ```
 //! use axum::{routing::get, Router};
 //! use tower::ServiceBuilder;

@@ -1,4 +1,8 @@
 //! Response bodies that finish their call at the end of the stream.
+//!
+//! [`GrpcBody`] (feature `grpc`) is judged by the gRPC status in its
+//! trailers; [`HttpBody`] by the response's HTTP status once the body has
+//! been read to its end without breaking.
 
 use std::fmt;
 use std::pin::Pin;
@@ -7,9 +11,12 @@ use std::task::{ready, Context, Poll};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::classify::{FailureKind, GrpcClassifier, Outcome};
+#[cfg(feature = "grpc")]
+use crate::classify::GrpcClassifier;
+use crate::classify::{FailureKind, Outcome};
 use crate::InFlight;
 
+#[cfg(feature = "grpc")]
 pin_project! {
     /// A gRPC response body that finishes its call when the status arrives.
     ///
@@ -37,7 +44,8 @@ pin_project! {
     /// let svc = layer.layer(service_fn(|_: ()| async {
     ///     // A stream that ends without trailers: no status, so UNKNOWN.
     ///     let body = Full::new(Bytes::from_static(b"\0\0\0\0\0"));
-    ///     Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    ///     let res = http::Response::builder().header("content-type", "application/grpc");
+    ///     Ok::<_, std::convert::Infallible>(res.body(body).unwrap())
     /// }));
     /// let body = svc.oneshot(()).await.unwrap().into_body();
     /// assert_eq!(layer.handle().state(), State::Closed); // not judged yet
@@ -53,6 +61,7 @@ pin_project! {
     }
 }
 
+#[cfg(feature = "grpc")]
 impl<B> GrpcBody<B> {
     pub(crate) fn new(inner: B, call: InFlight, classifier: GrpcClassifier) -> Self {
         GrpcBody {
@@ -82,6 +91,7 @@ impl<B> GrpcBody<B> {
     }
 }
 
+#[cfg(feature = "grpc")]
 impl<B> Body for GrpcBody<B>
 where
     B: Body,
@@ -120,9 +130,104 @@ where
     }
 }
 
+#[cfg(feature = "grpc")]
 impl<B> fmt::Debug for GrpcBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrpcBody")
+            .field("finished", &self.call.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// An HTTP response body that finishes its call when the body ends.
+    ///
+    /// Made by [`HttpBodyClassifier`](crate::classify::HttpBodyClassifier)
+    /// for a response whose status does not fail (a failing status is judged
+    /// at the headers). The call is finished with the status's outcome by
+    /// the end of the stream or a trailers frame, or as a failure of kind
+    /// `error` by an error frame (an HTTP/1.1 body cut short, an HTTP/2
+    /// `RST_STREAM`). Dropped before any of those, the call counts as
+    /// ignored and gives back its half-open permit.
+    ///
+    /// Frames pass through unchanged.
+    pub struct HttpBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<InFlight>,
+        outcome: Outcome,
+    }
+}
+
+impl<B> HttpBody<B> {
+    pub(crate) fn new(inner: B, call: InFlight, outcome: Outcome) -> Self {
+        HttpBody {
+            inner,
+            call: Some(call),
+            outcome,
+        }
+    }
+
+    /// A body whose call was already finished from the headers.
+    pub(crate) fn finished(inner: B) -> Self {
+        HttpBody {
+            inner,
+            call: None,
+            outcome: Outcome::Ignored,
+        }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The wrapped body; the call, if still open, counts as ignored.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B> Body for HttpBody<B>
+where
+    B: Body,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        let outcome = match &frame {
+            Some(Ok(data)) if !data.is_trailers() => None,
+            Some(Ok(_)) | None => Some(*this.outcome),
+            Some(Err(_)) => Some(Outcome::Failure(FailureKind::ERROR)),
+        };
+        if let Some(outcome) = outcome {
+            if let Some(call) = this.call.take() {
+                call.finish(outcome);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Until the call is finished, ask to be polled once more so the end
+        // of the stream is seen and judged, not dropped as ignored.
+        self.call.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> fmt::Debug for HttpBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpBody")
             .field("finished", &self.call.is_none())
             .finish_non_exhaustive()
     }

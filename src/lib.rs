@@ -49,7 +49,9 @@
 //! status codes, gRPC statuses in trailers, or your own rules.
 //!
 //! - `classify::HttpClassifier` (feature `http`): 5xx and 429 fail, and a
-//!   failing response's `Retry-After` keeps the breaker open longer.
+//!   failing response's `Retry-After` keeps the breaker open longer; it
+//!   judges at the headers, or with `at_end_of_body()` when the body ends,
+//!   so a body that breaks after a 200 is a failure.
 //! - `classify::GrpcClassifier` (feature `grpc`): `grpc-status` from headers
 //!   or trailers, with `grpc-retry-pushback-ms`.
 //! - `axum::RejectWith503Layer` (feature `axum`) puts a breaker in an axum
@@ -72,8 +74,8 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod backoff;
-#[cfg(feature = "grpc")]
-#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod body;
 mod breaker;
 pub mod capacity;

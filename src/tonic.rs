@@ -5,6 +5,18 @@
 //! UNKNOWN. Map the stack's errors with [`status_from_error`] so it becomes
 //! UNAVAILABLE, the code clients retry and back off on.
 //!
+//! **Client side**, outermost first: `map_err(status_from_error)`, the
+//! breaker, then the `Channel`. tonic's own deadline (`Endpoint::timeout`,
+//! `grpc-timeout`) runs inside the channel, so the breaker sees it and
+//! records `timeout`; a connect failure (a name that does not resolve
+//! included) is `connect`; a received CANCELLED is a failure (see
+//! [`GrpcClassifier`](crate::classify::GrpcClassifier)). A keyed breaker
+//! with [`ByAuthority`](crate::keyed::ByAuthority) needs the authority in
+//! the request: generated clients send path-only URIs and the channel adds
+//! its origin inside itself, so build the client with `with_origin`
+//! (`HealthClient::with_origin(svc, "http://orders:50051".parse()?)`), or
+//! every call goes to the fallback key (a warning says so once).
+//!
 //! ```no_run
 //! use tower::ServiceBuilder;
 //! use tower_breaker::{classify::GrpcClassifier, tonic::status_from_error, CircuitBreakerLayer};
@@ -22,6 +34,45 @@
 //! let mut client = tonic_health::pb::health_client::HealthClient::new(svc);
 //! let reply = client.check(tonic_health::pb::HealthCheckRequest::default()).await;
 //! # let _ = reply;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **Server side**, in `Server::builder().layer(...)`: the same order,
+//! `map_err(status_from_error)` outside the breaker. Without it tonic
+//! answers a refusal with an HTTP/2 reset, which the client sees as INTERNAL
+//! "h2 protocol error", not retried and without the wait; with it the
+//! client gets UNAVAILABLE with `retry-after` and `grpc-retry-pushback-ms`.
+//! `Server::layer` wraps every service of the server, `grpc.health.v1`
+//! included: an open breaker then fails health checks too, which drains
+//! the instance; key the breaker by service with
+//! [`ByPath::segments(1)`](crate::keyed::ByPath::segments) to judge health
+//! apart. `Server::timeout` runs outside these layers: when it fires the
+//! breaker's call is dropped and counts as ignored, so put a
+//! `tower::timeout::TimeoutLayer` inside the breaker for timeouts that count
+//! (`status_from_error` answers it with DEADLINE_EXCEEDED).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_breaker::{classify::GrpcClassifier, tonic::status_from_error, CircuitBreakerLayer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let breaker = CircuitBreakerLayer::builder()
+//!     .name("inventory-server")
+//!     .classifier(GrpcClassifier::new())
+//!     .build()?;
+//! let (_reporter, health) = tonic_health::server::health_reporter();
+//! tonic::transport::Server::builder()
+//!     .layer(
+//!         ServiceBuilder::new()
+//!             .map_err(status_from_error)                            // refusals: UNAVAILABLE
+//!             .layer(breaker)
+//!             .timeout(Duration::from_secs(5)),                      // inside: counts as `timeout`
+//!     )
+//!     .add_service(health)
+//!     .serve("127.0.0.1:50051".parse()?)
+//!     .await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -59,13 +110,22 @@ impl From<CircuitOpen> for Status {
 }
 
 /// Turns a breaker stack's error into a `Status`: a [`CircuitOpen`] anywhere
-/// in the source chain becomes UNAVAILABLE (see `From<CircuitOpen>`), and
-/// anything else goes through `Status::from_error`.
+/// in the source chain becomes UNAVAILABLE (see `From<CircuitOpen>`), tower's
+/// or tokio's `Elapsed` (a `TimeoutLayer` inside the breaker) becomes
+/// DEADLINE_EXCEEDED, and anything else goes through `Status::from_error`.
+///
+/// Use it on both sides: outside the breaker in a client's channel stack,
+/// and outside the breaker in a server's `Server::layer`, where without it
+/// tonic answers a refusal with an HTTP/2 reset (the client sees INTERNAL,
+/// no retry, no wait).
 pub fn status_from_error(error: BoxError) -> Status {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
     while let Some(err) = current {
         if let Some(open) = err.downcast_ref::<CircuitOpen>() {
             return open.clone().into();
+        }
+        if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
+            return Status::deadline_exceeded(err.to_string());
         }
         current = err.source();
     }
@@ -114,6 +174,8 @@ mod tests {
         assert_eq!(other.code(), Code::NotFound);
         let plain = status_from_error("boom".into());
         assert_eq!(plain.code(), Code::Unknown);
+        let elapsed = status_from_error(Box::new(tower::timeout::error::Elapsed::new()));
+        assert_eq!(elapsed.code(), Code::DeadlineExceeded);
     }
 
     #[test]
@@ -131,7 +193,18 @@ mod tests {
             Outcome::Failure(FailureKind::GRPC_UNAVAILABLE)
         );
         assert_eq!(judge(&Status::not_found("gone")), Outcome::Success);
-        assert_eq!(judge(&Status::cancelled("bye")), Outcome::Ignored);
+        // Received CANCELLED: the server or a proxy spoke.
+        assert_eq!(
+            judge(&Status::cancelled("bye")),
+            Outcome::Failure(FailureKind::GRPC_CANCELLED)
+        );
+        // tonic's own client deadline, alone or as a status's source.
+        assert_eq!(
+            judge(&tonic::TimeoutExpired(())),
+            Outcome::Failure(FailureKind::TIMEOUT)
+        );
+        let connect = tonic::ConnectError("dns error".into());
+        assert_eq!(judge(&connect), Outcome::Failure(FailureKind::CONNECT));
         let open = CircuitOpen::new("x".into(), State::Open, None);
         assert_eq!(judge(&open), Outcome::Ignored);
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);

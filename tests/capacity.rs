@@ -438,7 +438,8 @@ fn a_body_holds_its_slot_until_dropped() {
         .unwrap();
     let svc = layer.layer(service_fn(|_: ()| async {
         let body = http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0"));
-        Ok::<_, Infallible>(http::Response::new(body))
+        let res = http::Response::builder().header("content-type", "application/grpc");
+        Ok::<_, Infallible>(res.body(body).unwrap())
     }));
     let response = svc.clone().oneshot(()).now_or_never().unwrap().unwrap();
     // The response is here, its body not read: the call is still in flight.

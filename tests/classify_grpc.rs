@@ -41,6 +41,11 @@ fn response(status: u16, headers: HeaderMap, frames: Frames) -> Response<TestBod
     res
 }
 
+/// The headers of a gRPC answer that is not trailers-only.
+fn grpc() -> HeaderMap {
+    trailers(&[("content-type", "application/grpc")])
+}
+
 fn message() -> Result<Frame<Bytes>, std::io::Error> {
     Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0")))
 }
@@ -75,7 +80,7 @@ fn default_outcome(code: GrpcCode) -> Outcome {
         GrpcCode::Internal => Outcome::Failure(FailureKind::GRPC_INTERNAL),
         GrpcCode::ResourceExhausted => Outcome::Failure(FailureKind::GRPC_RESOURCE_EXHAUSTED),
         GrpcCode::Unknown => Outcome::Failure(FailureKind::GRPC_UNKNOWN),
-        GrpcCode::Cancelled => Outcome::Ignored,
+        GrpcCode::Cancelled => Outcome::Failure(FailureKind::GRPC_CANCELLED),
         _ => Outcome::Success,
     }
 }
@@ -124,7 +129,7 @@ fn every_code_can_be_made_to_fail() {
         let seen = call_with(classifier, move || {
             let value = code.code().to_string();
             let frames = vec![Ok(Frame::trailers(trailers(&[("grpc-status", &value)])))];
-            response(200, HeaderMap::new(), frames)
+            response(200, grpc(), frames)
         });
         assert_eq!(seen, [format!("failure:{}", code.failure_kind())], "{code}");
     }
@@ -135,19 +140,19 @@ fn missing_or_malformed_status_is_unknown() {
     let unknown = expected(Outcome::Failure(FailureKind::GRPC_UNKNOWN));
     // The stream ends without trailers.
     let seen = call_with(GrpcClassifier::new(), || {
-        response(200, HeaderMap::new(), vec![message()])
+        response(200, grpc(), vec![message()])
     });
     assert_eq!(seen, unknown);
     // Trailers without grpc-status.
     let seen = call_with(GrpcClassifier::new(), || {
         let frames = vec![Ok(Frame::trailers(trailers(&[("x-other", "1")])))];
-        response(200, HeaderMap::new(), frames)
+        response(200, grpc(), frames)
     });
     assert_eq!(seen, unknown);
     for bad in ["17", "-1", "abc", ""] {
         let seen = call_with(GrpcClassifier::new(), move || {
             let frames = vec![Ok(Frame::trailers(trailers(&[("grpc-status", bad)])))];
-            response(200, HeaderMap::new(), frames)
+            response(200, grpc(), frames)
         });
         assert_eq!(seen, unknown, "{bad:?}");
         let seen = call_with(GrpcClassifier::new(), move || {
@@ -157,7 +162,7 @@ fn missing_or_malformed_status_is_unknown() {
     }
     // Unless UNKNOWN is not a failure.
     let seen = call_with(GrpcClassifier::new().success(GrpcCode::Unknown), || {
-        response(200, HeaderMap::new(), vec![])
+        response(200, grpc(), vec![])
     });
     assert_eq!(seen, ["success"]);
 }
@@ -179,6 +184,42 @@ fn non_grpc_answers_map_their_http_status() {
         });
         assert_eq!(seen, expected(want), "{status}");
     }
+    // A 200 that is not gRPC (an HTML page from a proxy, no content type,
+    // a look-alike type) is judged at its headers as UNKNOWN, as the spec
+    // has a client synthesize it; the body is never read.
+    for content_type in [
+        Some("text/html; charset=utf-8"),
+        None,
+        Some("application/grpcx"),
+        Some("application/grpc-web"),
+    ] {
+        let seen = call_with(GrpcClassifier::new(), move || {
+            let headers = match content_type {
+                Some(ct) => trailers(&[("content-type", ct)]),
+                None => HeaderMap::new(),
+            };
+            let frames = vec![Ok(Frame::trailers(trailers(&[("grpc-status", "0")])))];
+            response(200, headers, frames)
+        });
+        assert_eq!(
+            seen,
+            expected(Outcome::Failure(FailureKind::GRPC_UNKNOWN)),
+            "{content_type:?}"
+        );
+    }
+    // gRPC's own types, in any case, with a suffix or parameters.
+    for content_type in [
+        "application/grpc",
+        "application/grpc+proto",
+        "Application/GRPC+json",
+        "application/grpc; charset=utf-8",
+    ] {
+        let seen = call_with(GrpcClassifier::new(), move || {
+            let frames = vec![Ok(Frame::trailers(trailers(&[("grpc-status", "0")])))];
+            response(200, trailers(&[("content-type", content_type)]), frames)
+        });
+        assert_eq!(seen, ["success"], "{content_type}");
+    }
     // A grpc-status in the headers wins over the HTTP status.
     let seen = call_with(GrpcClassifier::new(), || {
         response(503, trailers(&[("grpc-status", "0")]), vec![])
@@ -191,7 +232,7 @@ fn a_broken_stream_is_an_error() {
     let seen = call_with(GrpcClassifier::new(), || {
         response(
             200,
-            HeaderMap::new(),
+            grpc(),
             vec![message(), Err(std::io::Error::other("reset"))],
         )
     });
@@ -233,7 +274,9 @@ async fn streaming_call(
     let rx = std::sync::Mutex::new(Some(rx));
     let svc = layer.layer(service_fn(move |_: ()| {
         let body = StreamBody::new(rx.lock().unwrap().take().unwrap());
-        async move { Ok::<_, Infallible>(Response::new(body)) }
+        let mut res = Response::new(body);
+        *res.headers_mut() = grpc();
+        async move { Ok::<_, Infallible>(res) }
     }));
     let res = svc.oneshot(()).await?;
     Ok((tx, res.into_body()))
@@ -280,7 +323,6 @@ async fn pushback_in_headers_and_only_on_failure() {
     // Successes carry pushback that must not linger for the next trip.
     svc("0", "90000").oneshot(()).await.unwrap();
     svc("5", "90000").oneshot(()).await.unwrap(); // NOT_FOUND: a success
-    svc("1", "90000").oneshot(()).await.unwrap(); // CANCELLED: ignored
     assert_eq!(layer.handle().state(), State::Closed);
     svc("14", "-1").oneshot(()).await.unwrap(); // negative: no wait
     let snap = layer.handle().snapshot();
@@ -330,7 +372,9 @@ async fn dropped_body_gives_back_the_half_open_permit() {
 async fn end_of_stream_is_polled_before_reporting_the_end() {
     let (layer, _) = tripping();
     let svc = layer.layer(service_fn(|_: ()| async {
-        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+        let mut res = Response::new(Empty::<Bytes>::new());
+        *res.headers_mut() = grpc();
+        Ok::<_, Infallible>(res)
     }));
     let mut body = svc.oneshot(()).await.unwrap().into_body();
     // Empty says it is done at once; the wrapper asks to be polled so the
@@ -351,7 +395,7 @@ fn streams_of_frames_pass_through_unchanged() {
                 Ok(Frame::data(Bytes::from_static(b"tail"))),
                 Ok(Frame::trailers(trailers(&[("grpc-status", "0")]))),
             ];
-            Ok::<_, Infallible>(response(200, HeaderMap::new(), frames))
+            Ok::<_, Infallible>(response(200, grpc(), frames))
         }));
         let collected = svc
             .oneshot(())

@@ -23,7 +23,8 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_breaker::classify::HttpClassifier;
+use tower_breaker::body::HttpBody;
+use tower_breaker::classify::{HttpBodyClassifier, HttpClassifier};
 use tower_breaker::keyed::ByHeader;
 use tower_breaker::{
     Backoff, Builder, CircuitBreakerLayer, CircuitOpen, ConfigError, EarlyWarning,
@@ -35,7 +36,8 @@ use crate::faults::Faults;
 pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// An outgoing hop: breaker, timeout, client.
-pub(crate) type Hop = BoxCloneSyncService<Request<Full<Bytes>>, http::Response<Incoming>, BoxError>;
+pub(crate) type Hop =
+    BoxCloneSyncService<Request<Full<Bytes>>, http::Response<HttpBody<Incoming>>, BoxError>;
 
 /// The header naming the upstream of a request; the gateway's per-upstream
 /// breakers are keyed by it.
@@ -52,10 +54,11 @@ pub(crate) fn client() -> HttpClient {
 }
 
 /// The breaker configuration of every hop in the demo: trip at 50% failures
-/// (5xx, timeouts, connection errors) over the last 50 calls, open for 2 s
+/// (5xx, timeouts, connection errors, bodies that break) over the last 50
+/// calls, judged when the body ends, open for 2 s
 /// doubling to 8 s while probes fail, and warn early when the failure rate
 /// trends towards the threshold within 10 s.
-pub(crate) fn breaker(caller: &'static str) -> Builder<HttpClassifier> {
+pub(crate) fn breaker(caller: &'static str) -> Builder<HttpBodyClassifier> {
     CircuitBreakerLayer::builder()
         .caller(caller)
         .failure_rate(0.5)
@@ -86,15 +89,19 @@ pub(crate) fn breaker(caller: &'static str) -> Builder<HttpClassifier> {
                 p.threshold * 100.0,
             );
         })
-        .classifier(HttpClassifier::new())
+        // Judged when the body ends: a 200 whose body breaks is a failure.
+        .classifier(HttpClassifier::new().at_end_of_body())
 }
 
 /// Wraps the client in a breaker layer (any: plain or keyed) and a timeout.
 pub(crate) fn hop<L>(breaker: L, client: HttpClient) -> Hop
 where
     L: tower::Layer<tower::timeout::Timeout<HttpClient>>,
-    L::Service: tower::Service<Request<Full<Bytes>>, Response = http::Response<Incoming>, Error = BoxError>
-        + Clone
+    L::Service: tower::Service<
+            Request<Full<Bytes>>,
+            Response = http::Response<HttpBody<Incoming>>,
+            Error = BoxError,
+        > + Clone
         + Send
         + Sync
         + 'static,

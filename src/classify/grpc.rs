@@ -116,21 +116,38 @@ const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-p
 /// before its end counts as [`Outcome::Ignored`] and gives back its
 /// half-open permit.
 ///
-/// By default UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED
-/// and UNKNOWN are failures (kind `grpc_<code>`, e.g. `grpc_unavailable`),
-/// CANCELLED is ignored (the caller gave up; the upstream said nothing),
-/// and every other code is a success: NOT_FOUND or INVALID_ARGUMENT are
-/// answers from a healthy server.
+/// By default UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED,
+/// UNKNOWN and CANCELLED are failures (kind `grpc_<code>`, e.g.
+/// `grpc_unavailable`), and every other code is a success: NOT_FOUND or
+/// INVALID_ARGUMENT are answers from a healthy server.
+///
+/// CANCELLED fails because a status the client *received* was sent by the
+/// server or a proxy: a tonic server answers its own `Server::timeout`
+/// with CANCELLED, for one. A client that gives up drops the call's future
+/// or body instead, and that is [`Outcome::Ignored`] whatever the
+/// classifier says; tonic's own client deadline (`Endpoint::timeout`,
+/// `grpc-timeout`) is an error of the channel, recognised as `timeout` by
+/// [`classify_error`](crate::classify::classify_error). To count received
+/// CANCELLED as nothing, as before, use `.ignore(GrpcCode::Cancelled)`.
+///
+/// When it judges: at the response headers for a trailers-only response
+/// and for a non-gRPC answer; otherwise at the trailers, when the body is
+/// read to its end.
 ///
 /// What counts as which status:
-/// - no `grpc-status` in headers nor trailers, a stream that ends without
+/// - `grpc-status` in the headers (trailers-only) decides, whatever the
+///   HTTP status and content type;
+/// - otherwise a response whose HTTP status is not 200, or whose
+///   `content-type` does not start with `application/grpc` (an HTML error
+///   page from a proxy, a missing content type), is not a gRPC answer: it is
+///   judged at the headers with the code the gRPC spec has a client
+///   synthesize (`http-grpc-status-mapping.md`): UNKNOWN for a 200, and
+///   the mapped code otherwise, so a 503 from a proxy is UNAVAILABLE;
+/// - no `grpc-status` in the trailers, a stream that ends without
 ///   trailers, or a value that is not a code from 0 to 16: UNKNOWN, the
 ///   code gRPC's status-code table gives "error parsing returned status"
 ///   (some clients report INTERNAL for a missing status; both fail by
 ///   default, and either way the upstream did not answer properly);
-/// - a response without `grpc-status` whose HTTP status is not 200 (a proxy
-///   or load balancer answered): the code gRPC maps that HTTP status to, so
-///   a 503 from a proxy is UNAVAILABLE;
 /// - an error frame from the body (the stream was reset or broke): a
 ///   failure of kind `error`.
 ///
@@ -148,7 +165,8 @@ const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-p
 /// assert_eq!(classifier.classify_code(GrpcCode::Unavailable), Outcome::Failure(FailureKind::GRPC_UNAVAILABLE));
 /// assert_eq!(classifier.classify_code(GrpcCode::Aborted), Outcome::Failure(FailureKind::GRPC_ABORTED));
 /// assert_eq!(classifier.classify_code(GrpcCode::ResourceExhausted), Outcome::Success);
-/// assert_eq!(classifier.classify_code(GrpcCode::Cancelled), Outcome::Ignored);
+/// assert_eq!(classifier.classify_code(GrpcCode::Cancelled), Outcome::Failure(FailureKind::GRPC_CANCELLED));
+/// assert_eq!(classifier.ignore(GrpcCode::Cancelled).classify_code(GrpcCode::Cancelled), Outcome::Ignored);
 ///
 /// let layer = CircuitBreakerLayer::builder()
 ///     .name("doc-grpc")
@@ -172,10 +190,11 @@ impl GrpcClassifier {
             GrpcCode::Internal,
             GrpcCode::ResourceExhausted,
             GrpcCode::Unknown,
+            GrpcCode::Cancelled,
         ];
         GrpcClassifier {
             failing: failing.iter().fold(0, |set, c| set | c.bit()),
-            ignored: GrpcCode::Cancelled.bit(),
+            ignored: 0,
         }
     }
 
@@ -262,6 +281,19 @@ impl fmt::Debug for GrpcClassifier {
     }
 }
 
+/// Whether the response's `content-type` is gRPC's: `application/grpc`,
+/// alone or followed by `+proto`, `+json`, `;...` (ASCII case-insensitive).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    value.len() >= GRPC.len()
+        && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
+}
+
 /// A positive `grpc-retry-pushback-ms`.
 fn pushback(metadata: &HeaderMap) -> Option<Duration> {
     let value = metadata.get(GRPC_RETRY_PUSHBACK_MS)?;
@@ -277,8 +309,9 @@ impl<B> Classify<Response<B>> for GrpcClassifier {
             // Trailers-only: the status is final, the body carries nothing.
             self.finish_with(Some(&parts.headers), call);
             GrpcBody::finished(body)
-        } else if parts.status != StatusCode::OK {
-            // Not a gRPC answer: a proxy or load balancer spoke.
+        } else if parts.status != StatusCode::OK || !is_grpc(&parts.headers) {
+            // Not a gRPC answer: a proxy or load balancer spoke. Judged as
+            // the spec has a client synthesize it: UNKNOWN for a 200.
             let outcome = self.classify_code(GrpcCode::from_http_status(parts.status));
             if matches!(outcome, Outcome::Failure(_)) {
                 if let Some(wait) = pushback(&parts.headers)
@@ -298,11 +331,15 @@ impl<B> Classify<Response<B>> for GrpcClassifier {
     #[cfg(feature = "tonic")]
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Outcome {
         // A service that fails with a `tonic::Status` (a generated client
-        // behind a tower adapter, say) is judged by its code.
+        // behind a tower adapter, say) is judged by its code, unless the
+        // chain holds a nested breaker's refusal or a client-side timeout.
         let mut current = Some(error);
         while let Some(err) = current {
             if err.is::<crate::CircuitOpen>() {
                 return Outcome::Ignored;
+            }
+            if err.is::<::tonic::TimeoutExpired>() {
+                return Outcome::Failure(FailureKind::TIMEOUT);
             }
             if let Some(status) = err.downcast_ref::<::tonic::Status>() {
                 let code = GrpcCode::from_i32(status.code() as i32).unwrap_or(GrpcCode::Unknown);

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, Response, StatusCode};
 
+use crate::body::HttpBody;
 use crate::classify::{parse, Classify, FailureKind, Outcome};
 use crate::InFlight;
 
@@ -96,7 +97,12 @@ pub(crate) fn retry_after_header(headers: &HeaderMap) -> Option<std::time::Durat
     parse::retry_after(value.as_bytes(), SystemTime::now()).filter(|d| !d.is_zero())
 }
 
-/// Classifies HTTP responses by status code.
+/// Classifies HTTP responses by status code, at the response headers.
+///
+/// It judges when the headers arrive: a 200 whose body then breaks (an
+/// HTTP/1.1 chunked body cut short, an HTTP/2 `RST_STREAM`) has already
+/// counted as a success. [`at_end_of_body`](HttpClassifier::at_end_of_body)
+/// gives a classifier that waits for the end of the body instead.
 ///
 /// By default 5xx is a failure of kind `http_5xx`, 429 a failure of kind
 /// `http_429`, and everything else (4xx included: the client's fault, not
@@ -187,6 +193,22 @@ impl HttpClassifier {
         self
     }
 
+    /// The same rules, judged at the end of the body: see
+    /// [`HttpBodyClassifier`].
+    pub fn at_end_of_body(self) -> HttpBodyClassifier {
+        HttpBodyClassifier { status: self }
+    }
+
+    /// Hands a failing response's `Retry-After` to `call`, and finishes it.
+    fn finish(&self, headers: &HeaderMap, outcome: Outcome, call: InFlight) {
+        if self.retry_after && matches!(outcome, Outcome::Failure(_)) {
+            if let Some(wait) = retry_after_header(headers) {
+                call.retry_after(wait);
+            }
+        }
+        call.finish(outcome);
+    }
+
     /// The outcome of a response with this status.
     pub fn classify_status(&self, status: StatusCode) -> Outcome {
         let code = status.as_u16();
@@ -229,13 +251,56 @@ impl<B> Classify<Response<B>> for HttpClassifier {
 
     fn classify_response(&self, response: Response<B>, call: InFlight) -> Response<B> {
         let outcome = self.classify_status(response.status());
-        if self.retry_after && matches!(outcome, Outcome::Failure(_)) {
-            if let Some(wait) = retry_after_header(response.headers()) {
-                call.retry_after(wait);
-            }
-        }
-        call.finish(outcome);
+        self.finish(response.headers(), outcome, call);
         response
+    }
+}
+
+/// Classifies HTTP responses as [`HttpClassifier`] does, judged at the end of
+/// the body, as [`GrpcClassifier`](crate::classify::GrpcClassifier) is.
+///
+/// Made by [`HttpClassifier::at_end_of_body`]. When it judges:
+/// - a failing status (5xx, 429 by default): at the headers, with its
+///   `Retry-After`; the body is not waited for;
+/// - a body that is already at its end (`is_end_stream`, e.g. an empty
+///   body with `Content-Length: 0`): at the headers;
+/// - otherwise when the body ends: the status's outcome if the body was
+///   read to its end (or its trailers), a failure of kind `error` if it
+///   broke (an HTTP/1.1 body cut short, an HTTP/2 `RST_STREAM`), ignored if
+///   it was dropped unread, which gives back the half-open permit.
+///
+/// The response body is wrapped in an [`HttpBody`]. Errors of the inner
+/// service are sorted by [`classify_error`](crate::classify::classify_error).
+///
+/// ```
+/// use tower_breaker::classify::HttpClassifier;
+/// use tower_breaker::CircuitBreakerLayer;
+///
+/// let layer = CircuitBreakerLayer::builder()
+///     .name("doc-http-body")
+///     .classifier(HttpClassifier::new().at_end_of_body())
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpBodyClassifier {
+    status: HttpClassifier,
+}
+
+impl<B: http_body::Body> Classify<Response<B>> for HttpBodyClassifier {
+    type Response = Response<HttpBody<B>>;
+
+    fn classify_response(&self, response: Response<B>, call: InFlight) -> Self::Response {
+        let (parts, body) = response.into_parts();
+        let outcome = self.status.classify_status(parts.status);
+        let body = if matches!(outcome, Outcome::Failure(_)) || body.is_end_stream() {
+            self.status.finish(&parts.headers, outcome, call);
+            HttpBody::finished(body)
+        } else {
+            HttpBody::new(body, call, outcome)
+        };
+        Response::from_parts(parts, body)
     }
 }
 

@@ -25,7 +25,7 @@ mod tower_http;
 pub use self::grpc::{GrpcClassifier, GrpcCode};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use self::http::HttpClassifier;
+pub use self::http::{HttpBodyClassifier, HttpClassifier};
 #[cfg(feature = "tower-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
 pub use self::tower_http::{FailureClassKind, TowerHttp, TowerHttpBody};
@@ -267,10 +267,21 @@ where
 ///   so one open breaker does not trip the next;
 /// - tower's and tokio's `Elapsed`, or an `io::Error` of kind `TimedOut`:
 ///   [`FailureKind::TIMEOUT`];
+/// - with feature `tonic`, tonic's `TimeoutExpired` (a client deadline:
+///   `Endpoint::timeout` or `grpc-timeout`): [`FailureKind::TIMEOUT`];
 /// - an `io::Error` of kind `ConnectionRefused`, `ConnectionReset`,
 ///   `ConnectionAborted`, `NotConnected` or `AddrNotAvailable` (hyper-util's
 ///   connect errors carry one as their source): [`FailureKind::CONNECT`];
+/// - with feature `tonic`, tonic's `ConnectError` (the channel could not
+///   connect: refused, unreachable, or a name that does not resolve):
+///   [`FailureKind::CONNECT`];
+/// - with feature `hyper-util`, a hyper-util legacy `Client` error whose
+///   `is_connect()` is true (a DNS failure among them):
+///   [`FailureKind::CONNECT`];
 /// - anything else: [`FailureKind::ERROR`].
+///
+/// The first error in the chain that is recognised decides: a connect
+/// error caused by a connect timeout is `connect`.
 ///
 /// The walk looks inside an `io::Error` that wraps another error
 /// (`io::Error::other(e)`), whose `source()` would skip it.
@@ -282,6 +293,18 @@ pub fn classify_error(error: &(dyn Error + 'static)) -> Outcome {
         }
         if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
             return Outcome::Failure(FailureKind::TIMEOUT);
+        }
+        #[cfg(feature = "tonic")]
+        if err.is::<::tonic::TimeoutExpired>() {
+            return Outcome::Failure(FailureKind::TIMEOUT);
+        }
+        #[cfg(feature = "tonic")]
+        if err.is::<::tonic::ConnectError>() {
+            return Outcome::Failure(FailureKind::CONNECT);
+        }
+        #[cfg(feature = "hyper-util")]
+        if is_hyper_util_connect(err) {
+            return Outcome::Failure(FailureKind::CONNECT);
         }
         let mut next = err.source();
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
@@ -299,6 +322,13 @@ pub fn classify_error(error: &(dyn Error + 'static)) -> Outcome {
         current = next;
     }
     Outcome::Failure(FailureKind::ERROR)
+}
+
+/// A hyper-util legacy client's error from connecting.
+#[cfg(feature = "hyper-util")]
+fn is_hyper_util_connect(err: &(dyn Error + 'static)) -> bool {
+    err.downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(hyper_util::client::legacy::Error::is_connect)
 }
 
 #[cfg(test)]

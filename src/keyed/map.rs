@@ -73,7 +73,15 @@ pub(super) struct Keys {
     /// Serializes inserts and sweeps. Calls for known keys never take it.
     writer: Mutex<()>,
     overflow: OnceLock<Arc<Breaker>>,
+    /// Calls that found no key, counted up to [`FALLBACK_WARN_AFTER`] while
+    /// no call has found one (`usize::MAX` once a key was found or the
+    /// warning given).
+    keyless: AtomicUsize,
 }
+
+/// Keyless calls, with no keyed call before them, after which a keyed layer
+/// warns (once) that its extractor finds no key.
+pub(super) const FALLBACK_WARN_AFTER: usize = 100;
 
 /// Whether `key` is its own label already: [`sanitize_label`] would return
 /// it unchanged.
@@ -127,6 +135,7 @@ impl Keys {
             labelled: AtomicUsize::new(0),
             writer: Mutex::new(()),
             overflow: OnceLock::new(),
+            keyless: AtomicUsize::new(0),
         }
     }
 
@@ -135,7 +144,13 @@ impl Keys {
     /// keys when a sweep is due.
     #[inline]
     pub(super) fn admit(&self, key: Option<Cow<'_, str>>) -> Result<InFlight, CircuitOpen> {
-        let key = clean(key.unwrap_or(Cow::Borrowed(&self.fallback)));
+        let key = clean(match key {
+            Some(key) => key,
+            None => {
+                self.keyless();
+                Cow::Borrowed(&self.fallback)
+            }
+        });
         let hash = self.hasher.hash_one(&*key);
         let shard = self.shard(hash).load();
         let (admitted, now) = match shard.find(hash, |e| *e.key == *key) {
@@ -165,9 +180,41 @@ impl Keys {
         &self.shards[((hash >> 32) % SHARDS as u64) as usize]
     }
 
+    /// A call whose extractor found no key: after [`FALLBACK_WARN_AFTER`]
+    /// of them with no keyed call before, warns once (a `ByAuthority`
+    /// behind a tonic client without `with_origin` sees no authority).
+    #[cold]
+    #[inline(never)]
+    fn keyless(&self) {
+        let counted = self
+            .keyless
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                if n < FALLBACK_WARN_AFTER {
+                    Some(n + 1)
+                } else {
+                    None
+                }
+            });
+        if counted == Ok(FALLBACK_WARN_AFTER - 1) {
+            self.keyless.store(usize::MAX, Ordering::Relaxed);
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                calls = FALLBACK_WARN_AFTER,
+                fallback_key = &*self.fallback,
+                "keyed circuit breaker: no request so far carried a key; every call \
+                 shares the fallback key's breaker (ByAuthority in a tonic client \
+                 stack needs the client built with `with_origin`)"
+            );
+        }
+    }
+
     /// A key not in the snapshot: insert it, or overflow.
     #[cold]
     fn miss(&self, key: &str, hash: u64, now: u64) -> Arc<Breaker> {
+        if *key != *self.fallback {
+            // A call found a key: no warning about keyless calls.
+            self.keyless.store(usize::MAX, Ordering::Relaxed);
+        }
         if key == OVERFLOW_LABEL {
             return self.overflow();
         }
