@@ -251,9 +251,7 @@ fn publish_locked(reg: &mut Registry, guard: &EdgeGuard) {
         Label::new("upstream", SharedString::from(guard.key.1.clone())),
     ];
     let key = Key::from_parts(guard.metric.clone(), labels);
-    static METADATA: metrics::Metadata<'static> =
-        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
-    let gauge = metrics::with_recorder(|r| r.register_gauge(&key, &METADATA));
+    let gauge = metrics::with_recorder(|r| crate::metrics::register_gauge(r, &key));
     gauge.set(1.0);
     entry.gauges.push((recorder, guard.metric.clone(), gauge));
 }

@@ -11,7 +11,11 @@
 //! Any [`metrics::Recorder`] works. Install it globally before building the
 //! layers (`metrics::set_global_recorder`, or an exporter's own `install`),
 //! or scope it to a thread with [`metrics::with_local_recorder`] /
-//! [`metrics::set_default_local_recorder`]:
+//! [`metrics::set_default_local_recorder`]. A local recorder covers its own
+//! thread only: traffic on a multi-threaded runtime's other threads reports
+//! into the global one. The `dogstatsd` and `opentelemetry` examples install
+//! those exporters globally; here a local recorder sees a layer built on
+//! this thread:
 //!
 //! ```
 //! use metrics_util::debugging::DebuggingRecorder;
@@ -119,8 +123,11 @@
 //! against that recorder in a few write-once slots (plain loads, no
 //! reference counting). A recorder installed after the layer was built, or a
 //! `metrics::with_local_recorder` scope, fills a new slot on the first call
-//! it sees, with the metric descriptions, the one-hot state gauge and the
-//! zeroed transitions (before that call, the breaker cannot know it exists).
+//! it sees, with the one-hot state gauge, the counters and the expected
+//! transitions at zero (before that call, the breaker cannot know it
+//! exists). Each family is described again at every registration of one of
+//! its series, for recorders that keep a description for one registration
+//! only (metrics-exporter-opentelemetry 0.2).
 //! A breaker that sees more recorders than it has slots (four) resolves the
 //! extra recorders' handles on every call: correct, only slower.
 //!
@@ -170,6 +177,50 @@ pub enum MetricsLevel {
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
+/// Registers a series of one of the breaker's families in `r`, after
+/// describing the family again. A recorder may keep a description for one
+/// registration only: metrics-exporter-opentelemetry 0.2 takes it with the
+/// first series of a name and builds the later ones as another instrument,
+/// undescribed, which the OpenTelemetry SDK exports as a second metric of the
+/// same name (a trip counted in one, its zero in the other). Described at
+/// every registration, the series of a family are one instrument everywhere.
+/// Cold: a breaker registers a series once per recorder, a transition's
+/// counter at each transition, never on a call's success path.
+pub(crate) fn register_counter(r: &dyn Recorder, key: &Key) -> Counter {
+    describe(r, key);
+    r.register_counter(key, &METADATA)
+}
+
+/// See [`register_counter`].
+pub(crate) fn register_gauge(r: &dyn Recorder, key: &Key) -> Gauge {
+    describe(r, key);
+    r.register_gauge(key, &METADATA)
+}
+
+/// See [`register_counter`].
+pub(crate) fn register_histogram(r: &dyn Recorder, key: &Key) -> Histogram {
+    describe(r, key);
+    r.register_histogram(key, &METADATA)
+}
+
+/// Describes the family of `key` to `r`, by the suffix of its name.
+fn describe(r: &dyn Recorder, key: &Key) {
+    let name = key.name();
+    let family = FAMILIES.iter().find(|(suffix, ..)| {
+        name.strip_suffix(suffix)
+            .is_some_and(|prefix| prefix.ends_with('_'))
+    });
+    let Some(&(_, kind, unit, help)) = family else {
+        return;
+    };
+    let help = SharedString::const_str(help);
+    match kind {
+        FamilyKind::Counter => r.describe_counter(key.name_shared(), unit, help),
+        FamilyKind::Gauge => r.describe_gauge(key.name_shared(), unit, help),
+        FamilyKind::Histogram => r.describe_histogram(key.name_shared(), unit, help),
+    }
+}
+
 /// Metric names under one prefix.
 #[derive(Debug)]
 pub(crate) struct Names {
@@ -190,24 +241,110 @@ pub(crate) struct Names {
     pub(crate) open_share: SharedString,
 }
 
-/// The suffixes of the metric names, after the prefix and `_`.
-const SUFFIXES: [&str; 15] = [
-    "state",
-    "transitions_total",
-    "error_rate",
-    "slow_call_rate",
-    "requests_total",
-    "request_duration_seconds",
-    "rejections_total",
-    "failures_total",
-    "recovery_duration_seconds",
-    "trip_risk",
-    "dependency",
-    "in_flight",
-    "capacity_utilization",
-    "trips_suppressed_total",
-    "open_share",
-];
+#[derive(Clone, Copy)]
+enum FamilyKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Each family: the suffix of its name (after the prefix and `_`), its
+/// type, unit and help.
+const FAMILIES: [(&str, FamilyKind, Option<Unit>, &str); 15] = {
+    use FamilyKind::*;
+    [
+        (
+            "state",
+            Gauge,
+            None,
+            "Breaker state, one-hot: 1 for the current state, 0 for the others.",
+        ),
+        (
+            "transitions_total",
+            Counter,
+            Some(Unit::Count),
+            "State transitions, by from, to and reason.",
+        ),
+        (
+            "error_rate",
+            Gauge,
+            None,
+            "Failure ratio over the current window (0..1).",
+        ),
+        (
+            "slow_call_rate",
+            Gauge,
+            None,
+            "Slow-call ratio over the current window (0..1).",
+        ),
+        (
+            "requests_total",
+            Counter,
+            Some(Unit::Count),
+            "Requests seen by the breaker, by status: success, failure, ignored, rejected.",
+        ),
+        (
+            "request_duration_seconds",
+            Histogram,
+            Some(Unit::Seconds),
+            "Time spent inside the inner service, by status.",
+        ),
+        (
+            "rejections_total",
+            Counter,
+            Some(Unit::Count),
+            "Requests refused, by the state that refused them (metrics_only: would have refused).",
+        ),
+        (
+            "failures_total",
+            Counter,
+            Some(Unit::Count),
+            "Failed requests, by kind.",
+        ),
+        (
+            "recovery_duration_seconds",
+            Histogram,
+            Some(Unit::Seconds),
+            "Time from leaving Closed to Closed again.",
+        ),
+        (
+            "trip_risk",
+            Gauge,
+            None,
+            "How close the trip policies are to opening the breaker (0..1).",
+        ),
+        (
+            "dependency",
+            Gauge,
+            None,
+            "1 for each known caller to upstream edge.",
+        ),
+        (
+            "in_flight",
+            Gauge,
+            None,
+            "Calls in flight, for a breaker with a concurrency limit.",
+        ),
+        (
+            "capacity_utilization",
+            Gauge,
+            None,
+            "Calls in flight over the concurrency limit (0..1).",
+        ),
+        (
+            "trips_suppressed_total",
+            Counter,
+            Some(Unit::Count),
+            "Trips held back by a keyed layer's max_open_share.",
+        ),
+        (
+            "open_share",
+            Gauge,
+            None,
+            "Share of a keyed layer's live keys refusing calls (0..1).",
+        ),
+    ]
+};
 
 /// Every metric prefix a breaker was configured with in this process.
 fn prefixes() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
@@ -225,7 +362,7 @@ pub(crate) fn is_breaker_family(family: &str) -> bool {
         family
             .strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix('_'))
-            .is_some_and(|suffix| SUFFIXES.contains(&suffix))
+            .is_some_and(|suffix| FAMILIES.iter().any(|f| f.0 == suffix))
     };
     matches(DEFAULT_PREFIX) || prefixes().iter().any(|p| matches(p))
 }
@@ -256,83 +393,6 @@ impl Names {
             trips_suppressed: n("trips_suppressed_total"),
             open_share: n("open_share"),
         }
-    }
-
-    /// Describes to the current recorder every metric `level` emits.
-    pub(crate) fn describe(&self, level: MetricsLevel) {
-        use metrics::{describe_counter, describe_gauge, describe_histogram};
-        describe_gauge!(
-            self.dependency.clone(),
-            "1 for each known caller to upstream edge."
-        );
-        describe_gauge!(
-            self.state.clone(),
-            "Breaker state, one-hot: 1 for the current state, 0 for the others."
-        );
-        describe_counter!(
-            self.transitions.clone(),
-            Unit::Count,
-            "State transitions, by from, to and reason."
-        );
-        describe_counter!(
-            self.requests.clone(),
-            Unit::Count,
-            "Requests seen by the breaker, by status: success, failure, ignored, rejected."
-        );
-        if level >= MetricsLevel::Full {
-            describe_histogram!(
-                self.duration.clone(),
-                Unit::Seconds,
-                "Time spent inside the inner service, by status."
-            );
-        }
-        if level < MetricsLevel::Standard {
-            return;
-        }
-        describe_counter!(
-            self.rejections.clone(),
-            Unit::Count,
-            "Requests refused, by the state that refused them (metrics_only: would have refused)."
-        );
-        describe_counter!(
-            self.failures.clone(),
-            Unit::Count,
-            "Failed requests, by kind."
-        );
-        describe_gauge!(
-            self.error_rate.clone(),
-            "Failure ratio over the current window (0..1)."
-        );
-        describe_gauge!(
-            self.slow_call_rate.clone(),
-            "Slow-call ratio over the current window (0..1)."
-        );
-        describe_histogram!(
-            self.recovery.clone(),
-            Unit::Seconds,
-            "Time from leaving Closed to Closed again."
-        );
-        describe_gauge!(
-            self.trip_risk.clone(),
-            "How close the trip policies are to opening the breaker (0..1)."
-        );
-        describe_gauge!(
-            self.in_flight.clone(),
-            "Calls in flight, for a breaker with a concurrency limit."
-        );
-        describe_gauge!(
-            self.capacity_utilization.clone(),
-            "Calls in flight over the concurrency limit (0..1)."
-        );
-        describe_counter!(
-            self.trips_suppressed.clone(),
-            Unit::Count,
-            "Trips held back by a keyed layer's max_open_share."
-        );
-        describe_gauge!(
-            self.open_share.clone(),
-            "Share of a keyed layer's live keys refusing calls (0..1)."
-        );
     }
 }
 
@@ -630,23 +690,28 @@ impl Handles {
         let on = |min: MetricsLevel| level >= min;
         let limited = |min: MetricsLevel| capacity && level >= min;
         metrics::with_recorder(|r| {
+            // Counters are created at zero: a recorder that makes a series
+            // only when it is first counted (OpenTelemetry's) still has
+            // every status from the start, as the Prometheus exposition has.
             let counter = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
                 if on(min) {
-                    r.register_counter(&Key::from_parts(name.clone(), with(extra)), &METADATA)
+                    let counter = register_counter(r, &Key::from_parts(name.clone(), with(extra)));
+                    counter.increment(0);
+                    counter
                 } else {
                     Counter::noop()
                 }
             };
             let gauge = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
                 if on(min) {
-                    r.register_gauge(&Key::from_parts(name.clone(), with(extra)), &METADATA)
+                    register_gauge(r, &Key::from_parts(name.clone(), with(extra)))
                 } else {
                     Gauge::noop()
                 }
             };
             let histogram = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
                 if on(min) {
-                    r.register_histogram(&Key::from_parts(name.clone(), with(extra)), &METADATA)
+                    register_histogram(r, &Key::from_parts(name.clone(), with(extra)))
                 } else {
                     Histogram::noop()
                 }
@@ -791,7 +856,7 @@ impl Handles {
             Label::from_static_parts("reason", reason.as_str()),
         ];
         let key = Key::from_parts(self.suppressed_name.clone(), labels);
-        metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
+        metrics::with_recorder(|r| register_counter(r, &key))
     }
 
     fn failure_counter(&self, kind: &'static str) -> Counter {
@@ -803,7 +868,7 @@ impl Handles {
         };
         let labels = vec![Label::new("service", self.service.clone()), kind];
         let key = Key::from_parts(self.failures_name.clone(), labels);
-        metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
+        metrics::with_recorder(|r| register_counter(r, &key))
     }
 
     /// Sets the one-hot state gauge.
@@ -928,7 +993,6 @@ impl BreakerMetrics {
     }
 
     fn resolve(&self, recorder: usize, fresh: &impl Fn(&Handles)) -> Handles {
-        self.names.describe(self.level);
         let handles = Handles::resolve(
             recorder,
             &self.names,
@@ -1035,7 +1099,7 @@ impl BreakerMetrics {
             Label::from_static_parts("reason", reason.as_str()),
         ];
         let key = Key::from_parts(self.names.transitions.clone(), labels);
-        metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
+        metrics::with_recorder(|r| register_counter(r, &key))
     }
 }
 
@@ -1048,7 +1112,7 @@ pub(crate) fn open_share(names: &Names, guard: &crate::capacity::FleetGuard) {
             SharedString::from(guard.name.clone()),
         )];
         let key = Key::from_parts(names.open_share.clone(), labels);
-        metrics::with_recorder(|r| r.register_gauge(&key, &METADATA))
+        metrics::with_recorder(|r| register_gauge(r, &key))
     });
 }
 
