@@ -1,8 +1,8 @@
 //! The breaker's metrics as DogStatsD lines, through metrics-exporter-dogstatsd.
 //!
 //! ```sh
-//! cargo run --example dogstatsd                  # prints what an agent would get
-//! cargo run --example dogstatsd 127.0.0.1:8125   # sends to your Datadog Agent
+//! cargo run -p tower-breaker-interop --example dogstatsd                  # prints what an agent would get
+//! cargo run -p tower-breaker-interop --example dogstatsd 127.0.0.1:8125   # sends to your Datadog Agent
 //! ```
 //!
 //! With no argument, a UDP socket on 127.0.0.1 stands in for the Datadog

@@ -1,7 +1,7 @@
 //! The breaker's metrics in OpenTelemetry, through metrics-exporter-opentelemetry.
 //!
 //! ```sh
-//! cargo run --example opentelemetry
+//! cargo run -p tower-breaker-interop --example opentelemetry
 //! ```
 //!
 //! metrics-exporter-opentelemetry is the global `metrics` recorder and feeds

@@ -6,7 +6,7 @@
 //! number of lines, so no test expects a datagram or a flush to look one
 //! way.
 
-#[path = "support/recorded.rs"]
+#[path = "../../tests/support/recorded.rs"]
 mod recorded;
 #[path = "support/trip.rs"]
 mod trip;

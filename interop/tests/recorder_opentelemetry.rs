@@ -3,7 +3,7 @@
 //! its own), the OTel SDK's meter provider behind it, and the SDK's in-memory
 //! exporter at the end, read after a forced flush.
 
-#[path = "support/recorded.rs"]
+#[path = "../../tests/support/recorded.rs"]
 mod recorded;
 #[path = "support/trip.rs"]
 mod trip;
