@@ -139,6 +139,7 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedS
 
 use crate::classify::{FailureKind, Outcome};
 use crate::state::{Reason, State, StateChange};
+use crate::window::Counts;
 
 /// The default metric name prefix.
 pub const DEFAULT_PREFIX: &str = "circuit_breaker";
@@ -167,12 +168,66 @@ pub enum MetricsLevel {
     Full,
 }
 
+pub mod resilience4j;
+
+/// How the breaker's metrics are named: this crate's contract, or the
+/// series resilience4j's Micrometer binder shows in Prometheus.
+///
+/// Set with [`Builder::metrics_naming`](crate::Builder::metrics_naming);
+/// keyed layers take it from their builder like every other setting.
+///
+/// | naming | prefix (unless [`metrics_prefix`](crate::Builder::metrics_prefix) is set) | breaker label | families |
+/// |---|---|---|---|
+/// | `Native` (default) | `circuit_breaker` | `service` | the [contract](self#the-contract) |
+/// | `Resilience4j` | `resilience4j_circuitbreaker` | `name` | see [`resilience4j`] |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum MetricsNaming {
+    /// `circuit_breaker_*`, labelled `service`.
+    #[default]
+    Native,
+    /// `resilience4j_circuitbreaker_*`, labelled `name`, with the binder's
+    /// families and value conventions (see [`resilience4j`]).
+    Resilience4j,
+}
+
+impl MetricsNaming {
+    /// The prefix metric names start with when none is set.
+    pub fn default_prefix(self) -> &'static str {
+        match self {
+            MetricsNaming::Native => DEFAULT_PREFIX,
+            MetricsNaming::Resilience4j => resilience4j::DEFAULT_PREFIX,
+        }
+    }
+
+    /// The label that carries the breaker's name: `service`, or `name`.
+    pub fn breaker_label(self) -> &'static str {
+        match self {
+            MetricsNaming::Native => "service",
+            MetricsNaming::Resilience4j => "name",
+        }
+    }
+
+    /// The suffixes of the family names, after the prefix and `_`.
+    fn suffixes(self) -> &'static [&'static str] {
+        match self {
+            MetricsNaming::Native => &SUFFIXES,
+            MetricsNaming::Resilience4j => &resilience4j::SUFFIXES,
+        }
+    }
+}
+
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
-/// Metric names under one prefix.
+/// Metric names under one prefix. Under [`MetricsNaming::Resilience4j`],
+/// `error_rate` is `_failure_rate`, `duration` is `_calls_seconds` (the
+/// binder's timer, which counts the calls too) and `requests` is not used.
 #[derive(Debug)]
 pub(crate) struct Names {
+    pub(crate) naming: MetricsNaming,
+    /// The label naming the breaker: `service`, or `name`.
+    pub(crate) label: &'static str,
     pub(crate) state: SharedString,
     pub(crate) transitions: SharedString,
     pub(crate) error_rate: SharedString,
@@ -188,6 +243,10 @@ pub(crate) struct Names {
     pub(crate) capacity_utilization: SharedString,
     pub(crate) trips_suppressed: SharedString,
     pub(crate) open_share: SharedString,
+    /// Refused calls (resilience4j: `_not_permitted_calls_total`).
+    pub(crate) not_permitted: SharedString,
+    /// The window's calls by outcome (resilience4j: `_buffered_calls`).
+    pub(crate) buffered_calls: SharedString,
 }
 
 /// The suffixes of the metric names, after the prefix and `_`.
@@ -209,9 +268,12 @@ const SUFFIXES: [&str; 15] = [
     "open_share",
 ];
 
-/// Every metric prefix a breaker was configured with in this process.
-fn prefixes() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
-    static PREFIXES: OnceLock<Mutex<std::collections::BTreeSet<String>>> = OnceLock::new();
+/// Every metric prefix a breaker was configured with in this process, with
+/// its naming.
+type Prefixes = std::collections::BTreeSet<(MetricsNaming, String)>;
+
+fn prefixes() -> std::sync::MutexGuard<'static, Prefixes> {
+    static PREFIXES: OnceLock<Mutex<Prefixes>> = OnceLock::new();
     PREFIXES
         .get_or_init(Default::default)
         .lock()
@@ -221,31 +283,41 @@ fn prefixes() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<Strin
 /// Whether `family` is the name of a metric family breakers report (with
 /// the default prefix or any prefix configured in this process).
 pub(crate) fn is_breaker_family(family: &str) -> bool {
-    let matches = |prefix: &str| {
+    let matches = |prefix: &str, suffixes: &[&str]| {
         family
             .strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix('_'))
-            .is_some_and(|suffix| SUFFIXES.contains(&suffix))
+            .is_some_and(|suffix| suffixes.contains(&suffix))
     };
-    matches(DEFAULT_PREFIX) || prefixes().iter().any(|p| matches(p))
+    matches(DEFAULT_PREFIX, &SUFFIXES)
+        || prefixes()
+            .iter()
+            .any(|(naming, p)| matches(p, naming.suffixes()))
 }
 
 impl Names {
-    pub(crate) fn new(prefix: &str) -> Self {
-        if prefix != DEFAULT_PREFIX {
+    pub(crate) fn new(prefix: &str, naming: MetricsNaming) -> Self {
+        if naming != MetricsNaming::Native || prefix != DEFAULT_PREFIX {
             let mut known = prefixes();
-            if !known.contains(prefix) {
-                known.insert(prefix.to_owned());
+            let entry = (naming, prefix.to_owned());
+            if !known.contains(&entry) {
+                known.insert(entry);
             }
         }
         let n = |suffix: &str| SharedString::from(format!("{prefix}_{suffix}"));
+        let r4j = naming == MetricsNaming::Resilience4j;
+        let pick = |native: &str, r4j_suffix: &str| n(if r4j { r4j_suffix } else { native });
         Names {
+            naming,
+            label: naming.breaker_label(),
             state: n("state"),
             transitions: n("transitions_total"),
-            error_rate: n("error_rate"),
+            error_rate: pick("error_rate", "failure_rate"),
             slow_call_rate: n("slow_call_rate"),
             requests: n("requests_total"),
-            duration: n("request_duration_seconds"),
+            duration: pick("request_duration_seconds", "calls_seconds"),
+            not_permitted: n("not_permitted_calls_total"),
+            buffered_calls: n("buffered_calls"),
             rejections: n("rejections_total"),
             failures: n("failures_total"),
             recovery: n("recovery_duration_seconds"),
@@ -274,12 +346,26 @@ impl Names {
             Unit::Count,
             "State transitions, by from, to and reason."
         );
-        describe_counter!(
-            self.requests.clone(),
-            Unit::Count,
-            "Requests seen by the breaker, by status: success, failure, ignored, rejected."
-        );
-        if level >= MetricsLevel::Full {
+        let r4j = self.naming == MetricsNaming::Resilience4j;
+        if r4j {
+            describe_histogram!(
+                self.duration.clone(),
+                Unit::Seconds,
+                "Calls and their time inside the inner service, by kind: successful, failed, ignored."
+            );
+            describe_counter!(
+                self.not_permitted.clone(),
+                Unit::Count,
+                "Calls not permitted: refused by the breaker."
+            );
+        } else {
+            describe_counter!(
+                self.requests.clone(),
+                Unit::Count,
+                "Requests seen by the breaker, by status: success, failure, ignored, rejected."
+            );
+        }
+        if level >= MetricsLevel::Full && !r4j {
             describe_histogram!(
                 self.duration.clone(),
                 Unit::Seconds,
@@ -289,6 +375,21 @@ impl Names {
         if level < MetricsLevel::Standard {
             return;
         }
+        let (error_rate, slow_call_rate) = if r4j {
+            describe_gauge!(
+                self.buffered_calls.clone(),
+                "Calls in the current window, by kind: successful, failed."
+            );
+            (
+                "Failure rate over the current window in percent (0..100); -1 below the minimum number of calls.",
+                "Slow-call rate over the current window in percent (0..100); -1 below the minimum number of calls.",
+            )
+        } else {
+            (
+                "Failure ratio over the current window (0..1).",
+                "Slow-call ratio over the current window (0..1).",
+            )
+        };
         describe_counter!(
             self.rejections.clone(),
             Unit::Count,
@@ -299,14 +400,8 @@ impl Names {
             Unit::Count,
             "Failed requests, by kind."
         );
-        describe_gauge!(
-            self.error_rate.clone(),
-            "Failure ratio over the current window (0..1)."
-        );
-        describe_gauge!(
-            self.slow_call_rate.clone(),
-            "Slow-call ratio over the current window (0..1)."
-        );
+        describe_gauge!(self.error_rate.clone(), error_rate);
+        describe_gauge!(self.slow_call_rate.clone(), slow_call_rate);
         describe_histogram!(
             self.recovery.clone(),
             Unit::Seconds,
@@ -538,6 +633,10 @@ pub(crate) fn current_recorder() -> usize {
 }
 
 const OUTCOMES: [&str; 3] = ["success", "failure", "ignored"];
+/// The binder's `kind` of a call, in the order of [`OUTCOMES`].
+const R4J_KINDS: [&str; 3] = ["successful", "failed", "ignored"];
+/// The binder's `kind` of the buffered calls.
+const R4J_BUFFERED: [&str; 2] = ["successful", "failed"];
 const REJECTING: [State; 4] = [
     State::Open,
     State::HalfOpen,
@@ -565,9 +664,16 @@ pub(crate) fn is_noop(recorder: &dyn Recorder) -> bool {
 pub(crate) struct Handles {
     recorder: usize,
     level: MetricsLevel,
+    naming: MetricsNaming,
     /// Resolved against the no-op recorder: nothing is recorded, so calls
     /// need not be timed for the duration histogram.
     noop: bool,
+    /// Whether calls are timed for the duration histogram: a real recorder,
+    /// and the Full level (or the resilience4j naming, whose timer is also
+    /// its count of calls, at every level).
+    timed: bool,
+    /// The label naming the breaker, and its value.
+    label: &'static str,
     service: SharedString,
     failures_name: SharedString,
     requests: [Counter; 3],
@@ -579,9 +685,11 @@ pub(crate) struct Handles {
     in_flight: Gauge,
     capacity_utilization: Gauge,
     state: [Gauge; 6],
-    pub(crate) error_rate: Gauge,
-    pub(crate) slow_call_rate: Gauge,
-    pub(crate) trip_risk: Gauge,
+    error_rate: Gauge,
+    slow_call_rate: Gauge,
+    trip_risk: Gauge,
+    /// The window's successful and failed calls (resilience4j naming only).
+    buffered: [Gauge; 2],
     recovery: Histogram,
     failures: [OnceLock<(&'static str, Counter)>; FAILURE_SLOTS],
     suppressed_name: SharedString,
@@ -608,8 +716,10 @@ impl Handles {
         capacity: bool,
     ) -> Self {
         let service = SharedString::from(service.clone());
+        let label = names.label;
+        let r4j = names.naming == MetricsNaming::Resilience4j;
         let with = |extra: &[(&'static str, &'static str)]| -> Vec<Label> {
-            let mut labels = vec![Label::new("service", service.clone())];
+            let mut labels = vec![Label::new(label, service.clone())];
             labels.extend(extra.iter().map(|(k, v)| Label::from_static_parts(k, v)));
             labels
         };
@@ -638,15 +748,34 @@ impl Handles {
                 }
             };
             use MetricsLevel::*;
+            let noop = is_noop(r);
+            // Resilience4j: the timer counts the calls, at every level, and
+            // refusals have a family of their own.
+            let (requests, rejected, duration) = if r4j {
+                (
+                    [Counter::noop(), Counter::noop(), Counter::noop()],
+                    counter(&names.not_permitted, &[("kind", "not_permitted")], Minimal),
+                    R4J_KINDS.map(|k| histogram(&names.duration, &[("kind", k)], Minimal)),
+                )
+            } else {
+                (
+                    OUTCOMES.map(|s| counter(&names.requests, &[("status", s)], Minimal)),
+                    counter(&names.requests, &[("status", "rejected")], Minimal),
+                    OUTCOMES.map(|s| histogram(&names.duration, &[("status", s)], Full)),
+                )
+            };
             Handles {
                 recorder,
                 level,
-                noop: is_noop(r),
+                naming: names.naming,
+                noop,
+                timed: !noop && (level == Full || r4j),
+                label,
                 service: service.clone(),
                 failures_name: names.failures.clone(),
-                requests: OUTCOMES.map(|s| counter(&names.requests, &[("status", s)], Minimal)),
-                rejected: counter(&names.requests, &[("status", "rejected")], Minimal),
-                duration: OUTCOMES.map(|s| histogram(&names.duration, &[("status", s)], Full)),
+                requests,
+                rejected,
+                duration,
                 rejections: REJECTING
                     .map(|s| counter(&names.rejections, &[("state", s.as_str())], Standard)),
                 rejected_capacity: if limited(Minimal) {
@@ -668,6 +797,11 @@ impl Handles {
                 error_rate: gauge(&names.error_rate, &[], Standard),
                 slow_call_rate: gauge(&names.slow_call_rate, &[], Standard),
                 trip_risk: gauge(&names.trip_risk, &[], Standard),
+                buffered: if r4j {
+                    R4J_BUFFERED.map(|k| gauge(&names.buffered_calls, &[("kind", k)], Standard))
+                } else {
+                    [Gauge::noop(), Gauge::noop()]
+                },
                 recovery: histogram(&names.recovery, &[], Standard),
                 failures: std::array::from_fn(|_| OnceLock::new()),
                 suppressed_name: names.trips_suppressed.clone(),
@@ -687,7 +821,7 @@ impl Handles {
     /// the duration histogram.
     #[inline]
     pub(crate) fn times_calls(&self) -> bool {
-        !self.noop && self.level == MetricsLevel::Full
+        self.timed
     }
 
     /// Counts a finished call and its time inside the inner service, when
@@ -706,7 +840,7 @@ impl Handles {
             Outcome::Ignored => 2,
         };
         self.requests[i].increment(1);
-        if let (MetricsLevel::Full, Some(seconds)) = (self.level, seconds) {
+        if let (true, Some(seconds)) = (self.timed, seconds) {
             self.duration[i].record(seconds);
         }
     }
@@ -773,7 +907,7 @@ impl Handles {
 
     fn suppressed_counter(&self, reason: Reason) -> Counter {
         let labels = vec![
-            Label::new("service", self.service.clone()),
+            Label::new(self.label, self.service.clone()),
             Label::from_static_parts("reason", reason.as_str()),
         ];
         let key = Key::from_parts(self.suppressed_name.clone(), labels);
@@ -787,7 +921,7 @@ impl Handles {
         } else {
             Label::new("kind", sanitize_label(kind))
         };
-        let labels = vec![Label::new("service", self.service.clone()), kind];
+        let labels = vec![Label::new(self.label, self.service.clone()), kind];
         let key = Key::from_parts(self.failures_name.clone(), labels);
         metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
     }
@@ -805,9 +939,43 @@ impl Handles {
         for gauge in &self.state {
             gauge.set(0.0);
         }
-        self.error_rate.set(0.0);
-        self.slow_call_rate.set(0.0);
+        self.reset_rates();
+    }
+
+    /// The rate gauges of an empty window: 0 (resilience4j naming: -1, "not
+    /// enough calls", and no buffered calls), and no trip risk.
+    pub(crate) fn reset_rates(&self) {
+        let empty = match self.naming {
+            MetricsNaming::Native => 0.0,
+            MetricsNaming::Resilience4j => resilience4j::NOT_ENOUGH_CALLS,
+        };
+        self.error_rate.set(empty);
+        self.slow_call_rate.set(empty);
         self.trip_risk.set(0.0);
+        for gauge in &self.buffered {
+            gauge.set(0.0);
+        }
+    }
+
+    /// Sets the rate gauges from the window's counts (and the trip risk):
+    /// ratios, or under the resilience4j naming percentages, -1 below
+    /// `minimum_calls`, and the buffered calls.
+    pub(crate) fn set_rates(&self, counts: &Counts, minimum_calls: u64, trip_risk: f64) {
+        match self.naming {
+            MetricsNaming::Native => {
+                self.error_rate.set(counts.failure_rate());
+                self.slow_call_rate.set(counts.slow_call_rate());
+            }
+            MetricsNaming::Resilience4j => {
+                let (failure, slow) = resilience4j::rates(counts, minimum_calls);
+                self.error_rate.set(failure);
+                self.slow_call_rate.set(slow);
+                let failed = counts.failures.min(counts.calls);
+                self.buffered[0].set((counts.calls - failed) as f64);
+                self.buffered[1].set(failed as f64);
+            }
+        }
+        self.trip_risk.set(trip_risk);
     }
 
     /// Records a recovery time.
@@ -1015,7 +1183,10 @@ impl BreakerMetrics {
 
     fn transition_counter(&self, from: State, to: State, reason: Reason) -> Counter {
         let labels = vec![
-            Label::new("service", SharedString::from(self.service.value().clone())),
+            Label::new(
+                self.names.label,
+                SharedString::from(self.service.value().clone()),
+            ),
             Label::from_static_parts("from", from.as_str()),
             Label::from_static_parts("to", to.as_str()),
             Label::from_static_parts("reason", reason.as_str()),
@@ -1030,7 +1201,7 @@ impl BreakerMetrics {
 pub(crate) fn open_share(names: &Names, guard: &crate::capacity::FleetGuard) {
     guard.publish(current_recorder(), || {
         let labels = vec![Label::new(
-            "service",
+            names.label,
             SharedString::from(guard.name.clone()),
         )];
         let key = Key::from_parts(names.open_share.clone(), labels);
@@ -1087,7 +1258,7 @@ mod tests {
 
     #[test]
     fn names_follow_the_prefix() {
-        let names = Names::new("edge");
+        let names = Names::new("edge", MetricsNaming::Native);
         assert_eq!(&*names.requests, "edge_requests_total");
         assert_eq!(&*names.duration, "edge_request_duration_seconds");
     }
