@@ -38,7 +38,9 @@
 //! [`Builder::metrics_prefix`](crate::Builder::metrics_prefix)
 //! (default `circuit_breaker`). Every metric carries `service`, the
 //! breaker's [name](crate::Builder::name); the other labels take values from
-//! fixed sets.
+//! fixed sets. With [`MetricsNaming::Resilience4j`] the breaker reports the
+//! series of resilience4j's Micrometer binder instead, labelled `name`:
+//! see [`resilience4j`].
 //!
 //! | metric | type | labels | level |
 //! |---|---|---|---|

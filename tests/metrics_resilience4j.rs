@@ -643,3 +643,35 @@ async fn scopes_see_the_name_label() {
     assert_close(samples[&key(&r4j("failure_rate"), &[])], 25.0);
     promtool(&text);
 }
+
+/// The series one breaker costs under this naming, as built (failure kinds
+/// add one each on first use), with classic histograms: the README's
+/// numbers. The timer is there at every level.
+#[cfg(feature = "prometheus")]
+#[test]
+fn series_budget_by_level() {
+    for (level, expected) in [
+        (MetricsLevel::Minimal, 66),
+        (MetricsLevel::Standard, 89),
+        (MetricsLevel::Full, 89),
+    ] {
+        let (recorder, handle) = tower_breaker::exporter::recorder();
+        let name = format!("budget-{level:?}").to_lowercase();
+        let _layer = metrics::with_local_recorder(&recorder, || {
+            CircuitBreakerLayer::builder()
+                .name(&name)
+                .metrics_naming(MetricsNaming::Resilience4j)
+                .metrics_level(level)
+                .consecutive_failures(2)
+                .clock(Clock::manual().0)
+                .build()
+                .unwrap()
+        });
+        let text = handle.render();
+        let lines = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("name=\"{name}\"")))
+            .count();
+        assert_eq!(lines, expected, "{level:?}\n{text}");
+    }
+}

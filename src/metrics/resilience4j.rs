@@ -5,15 +5,22 @@
 //! [`Builder::metrics_naming(MetricsNaming::Resilience4j)`](crate::Builder::metrics_naming):
 //!
 //! ```
-//! use tower_breaker::metrics::MetricsNaming;
-//! use tower_breaker::CircuitBreakerLayer;
+//! # #[cfg(feature = "prometheus")] {
+//! use tower_breaker::{CircuitBreakerLayer, MetricsNaming};
 //!
-//! let layer = CircuitBreakerLayer::builder()
-//!     .name("backendA")
-//!     .metrics_naming(MetricsNaming::Resilience4j)
-//!     .build()
-//!     .unwrap();
-//! # drop(layer);
+//! let (recorder, handle) = tower_breaker::exporter::recorder();
+//! let _layer = metrics::with_local_recorder(&recorder, || {
+//!     CircuitBreakerLayer::builder()
+//!         .name("backendA")
+//!         .metrics_naming(MetricsNaming::Resilience4j)
+//!         .build()
+//!         .expect("valid settings")
+//! });
+//! let text = handle.render();
+//! assert!(text.contains(r#"resilience4j_circuitbreaker_state{name="backendA",state="closed"} 1"#));
+//! // No call yet: below the minimum number of calls.
+//! assert!(text.contains(r#"resilience4j_circuitbreaker_failure_rate{name="backendA"} -1"#));
+//! # }
 //! ```
 //!
 //! # What the binder shows
