@@ -538,9 +538,8 @@ impl Breaker {
             return;
         }
         let counts = self.machine.window().counts(now);
-        h.error_rate.set(counts.failure_rate());
-        h.slow_call_rate.set(counts.slow_call_rate());
-        h.trip_risk.set(self.trip_risk(&counts, now));
+        let minimum_calls = self.machine.policy().minimum_calls;
+        h.set_rates(&counts, minimum_calls, self.trip_risk(&counts, now));
     }
 
     /// The trip-risk gauge: the policies' progress while they judge calls

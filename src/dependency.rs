@@ -169,6 +169,8 @@ pub(crate) struct EdgeGuard {
     key: EdgeKey,
     id: u64,
     metric: SharedString,
+    /// The label naming the caller: `service`, or `name` (resilience4j naming).
+    label: &'static str,
 }
 
 impl fmt::Debug for EdgeGuard {
@@ -196,6 +198,7 @@ pub(crate) fn track(breaker: &Arc<Breaker>, caller: Option<&str>) {
     };
     let key = (caller, breaker.label().clone());
     let metric = breaker.metrics.names().dependency.clone();
+    let label = breaker.metrics.names().label;
     let mut reg = lock();
     if !reg.edges.contains_key(&key) && reg.edges.len() >= EDGE_LIMIT.load(Ordering::Relaxed) {
         reg.refused += 1;
@@ -220,7 +223,12 @@ pub(crate) fn track(breaker: &Arc<Breaker>, caller: Option<&str>) {
         .or_default()
         .breakers
         .push((id, Arc::downgrade(breaker)));
-    let guard = EdgeGuard { key, id, metric };
+    let guard = EdgeGuard {
+        key,
+        id,
+        metric,
+        label,
+    };
     publish_locked(&mut reg, &guard);
     drop(reg);
     // Built by this thread just now, so nobody else can have set it.
@@ -247,11 +255,13 @@ fn publish_locked(reg: &mut Registry, guard: &EdgeGuard) {
         return;
     }
     let labels = vec![
-        Label::new("service", SharedString::from(guard.key.0.clone())),
+        Label::new(guard.label, SharedString::from(guard.key.0.clone())),
         Label::new("upstream", SharedString::from(guard.key.1.clone())),
     ];
     let key = Key::from_parts(guard.metric.clone(), labels);
-    let gauge = metrics::with_recorder(|r| crate::metrics::register_gauge(r, &key));
+    let gauge = metrics::with_recorder(|r| {
+        crate::metrics::register_gauge(r, &key, crate::metrics::MetricsNaming::Native)
+    });
     gauge.set(1.0);
     entry.gauges.push((recorder, guard.metric.clone(), gauge));
 }

@@ -11,7 +11,7 @@ use crate::capacity::{FleetGuard, FleetMember};
 use crate::classify::{ClassifyErrorsWith, DefaultClassifier};
 use crate::clock::{duration_nanos, Clock};
 use crate::error::ConfigError;
-use crate::metrics::{BreakerMetrics, MetricsLevel, Names, ServiceLabel, DEFAULT_PREFIX};
+use crate::metrics::{BreakerMetrics, MetricsLevel, MetricsNaming, Names, ServiceLabel};
 use crate::policy::Policy;
 use crate::predict::EarlyWarning;
 use crate::state::{HalfOpen, Machine, MachineConfig, StateChange, MAX_PERMITS};
@@ -143,7 +143,9 @@ pub struct Builder<C = DefaultClassifier> {
     retry_after_cap: Duration,
     classifier: C,
     clock: Clock,
-    prefix: String,
+    /// Set by `metrics_prefix`; else the naming's default.
+    prefix: Option<String>,
+    naming: MetricsNaming,
     level: MetricsLevel,
     hooks: Vec<StateHook>,
     caller: Option<String>,
@@ -170,7 +172,8 @@ impl Builder {
             retry_after_cap: Duration::from_secs(300),
             classifier: DefaultClassifier,
             clock: Clock::system(),
-            prefix: DEFAULT_PREFIX.to_owned(),
+            prefix: None,
+            naming: MetricsNaming::Native,
             level: MetricsLevel::Full,
             hooks: Vec::new(),
             caller: None,
@@ -202,7 +205,8 @@ impl<C> fmt::Debug for Builder<C> {
             .field("max_half_open_wait", &self.max_half_open_wait)
             .field("backoff", &self.backoff)
             .field("clock", &self.clock)
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.prefix())
+            .field("naming", &self.naming)
             .field("level", &self.level)
             .field("caller", &self.caller)
             .field("early_warning", &self.early_warning)
@@ -324,10 +328,42 @@ impl<C> Builder<C> {
         self
     }
 
-    /// The metric name prefix (default `circuit_breaker`).
+    /// The metric name prefix (default `circuit_breaker`, or
+    /// `resilience4j_circuitbreaker` with
+    /// [`MetricsNaming::Resilience4j`]).
     pub fn metrics_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.prefix = Some(prefix.into());
         self
+    }
+
+    /// How metrics are named (default [`MetricsNaming::Native`], this
+    /// crate's contract). [`MetricsNaming::Resilience4j`] reports the series
+    /// resilience4j's Micrometer binder shows in Prometheus
+    /// (`resilience4j_circuitbreaker_state{name,state}`,
+    /// `_calls_seconds{name,kind}`, `_not_permitted_calls_total`,
+    /// `_failure_rate` in percent, ...), so JVM and Rust services share a
+    /// dashboard: see [`metrics::resilience4j`](crate::metrics::resilience4j).
+    ///
+    /// ```
+    /// use tower_breaker::{CircuitBreakerLayer, MetricsNaming};
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("backendA")
+    ///     .metrics_naming(MetricsNaming::Resilience4j)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(layer);
+    /// ```
+    pub fn metrics_naming(mut self, naming: MetricsNaming) -> Self {
+        self.naming = naming;
+        self
+    }
+
+    /// The prefix in effect: the one set, or the naming's default.
+    fn prefix(&self) -> &str {
+        self.prefix
+            .as_deref()
+            .unwrap_or(self.naming.default_prefix())
     }
 
     /// How much to report (default [`MetricsLevel::Full`]).
@@ -429,6 +465,7 @@ impl<C> Builder<C> {
             classifier: f(self.classifier),
             clock: self.clock,
             prefix: self.prefix,
+            naming: self.naming,
             level: self.level,
             hooks: self.hooks,
             caller: self.caller,
@@ -533,10 +570,13 @@ impl<C> Builder<C> {
                 "must be greater than zero",
             ));
         }
-        if !valid_metric_prefix(&self.prefix) {
+        if !valid_metric_prefix(self.prefix()) {
             return Err(ConfigError::new(
                 "metrics_prefix",
-                format!("must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {:?}", self.prefix),
+                format!(
+                    "must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {:?}",
+                    self.prefix()
+                ),
             ));
         }
         let failure_rate = match self.failure_rate_off {
@@ -594,6 +634,7 @@ impl<C> Builder<C> {
     pub(crate) fn into_template(self) -> Result<(Template, C), ConfigError> {
         let (policy, half_open) = self.validate()?;
         let timed = policy.slow_call_duration.is_some();
+        let names = Arc::new(Names::new(self.prefix(), self.naming));
         let template = Template {
             name: self.name,
             machine: MachineConfig {
@@ -605,7 +646,7 @@ impl<C> Builder<C> {
             window: self.window,
             timed,
             clock: self.clock,
-            names: Arc::new(Names::new(&self.prefix)),
+            names,
             level: self.level,
             hooks: self.hooks,
             caller: self.caller,
@@ -703,9 +744,7 @@ impl Template {
         let metrics =
             BreakerMetrics::new(self.names.clone(), label, self.level, capacity, move |h| {
                 h.set_state(state);
-                h.error_rate.set(0.0);
-                h.slow_call_rate.set(0.0);
-                h.trip_risk.set(0.0);
+                h.reset_rates();
             });
         let breaker = Breaker::new(
             name,

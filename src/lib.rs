@@ -111,7 +111,7 @@ pub use crate::future::ResponseFuture;
 pub use crate::handle::CircuitBreakerHandle;
 pub use crate::keyed::{KeyExtractor, KeyedBuilder, KeyedCircuitBreaker, KeyedCircuitBreakerLayer};
 pub use crate::layer::{Builder, CircuitBreakerLayer, MAX_WINDOW_SIZE};
-pub use crate::metrics::MetricsLevel;
+pub use crate::metrics::{MetricsLevel, MetricsNaming};
 pub use crate::predict::{EarlyWarning, Prediction};
 pub use crate::service::CircuitBreaker;
 pub use crate::state::{Reason, Snapshot, State, StateChange};

@@ -42,7 +42,9 @@
 //! [`Builder::metrics_prefix`](crate::Builder::metrics_prefix)
 //! (default `circuit_breaker`). Every metric carries `service`, the
 //! breaker's [name](crate::Builder::name); the other labels take values from
-//! fixed sets.
+//! fixed sets. With [`MetricsNaming::Resilience4j`] the breaker reports the
+//! series of resilience4j's Micrometer binder instead, labelled `name`:
+//! see [`resilience4j`].
 //!
 //! | metric | type | labels | level |
 //! |---|---|---|---|
@@ -146,6 +148,7 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedS
 
 use crate::classify::{FailureKind, Outcome};
 use crate::state::{Reason, State, StateChange};
+use crate::window::Counts;
 
 /// The default metric name prefix.
 pub const DEFAULT_PREFIX: &str = "circuit_breaker";
@@ -174,11 +177,53 @@ pub enum MetricsLevel {
     Full,
 }
 
+pub mod resilience4j;
+
+/// How the breaker's metrics are named: this crate's contract, or the
+/// series resilience4j's Micrometer binder shows in Prometheus.
+///
+/// Set with [`Builder::metrics_naming`](crate::Builder::metrics_naming);
+/// keyed layers take it from their builder like every other setting.
+///
+/// | naming | prefix (unless [`metrics_prefix`](crate::Builder::metrics_prefix) is set) | breaker label | families |
+/// |---|---|---|---|
+/// | `Native` (default) | `circuit_breaker` | `service` | the [contract](self#the-contract) |
+/// | `Resilience4j` | `resilience4j_circuitbreaker` | `name` | see [`resilience4j`] |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum MetricsNaming {
+    /// `circuit_breaker_*`, labelled `service`.
+    #[default]
+    Native,
+    /// `resilience4j_circuitbreaker_*`, labelled `name`, with the binder's
+    /// families and value conventions (see [`resilience4j`]).
+    Resilience4j,
+}
+
+impl MetricsNaming {
+    /// The prefix metric names start with when none is set.
+    pub fn default_prefix(self) -> &'static str {
+        match self {
+            MetricsNaming::Native => DEFAULT_PREFIX,
+            MetricsNaming::Resilience4j => resilience4j::DEFAULT_PREFIX,
+        }
+    }
+
+    /// The label that carries the breaker's name: `service`, or `name`.
+    pub fn breaker_label(self) -> &'static str {
+        match self {
+            MetricsNaming::Native => "service",
+            MetricsNaming::Resilience4j => "name",
+        }
+    }
+}
+
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Registers a series of one of the breaker's families in `r`, after
-/// describing the family again. A recorder may keep a description for one
+/// describing the family again (`naming` picks the help of the families
+/// whose help differs between namings; the others may pass `Native`). A recorder may keep a description for one
 /// registration only: metrics-exporter-opentelemetry 0.2 takes it with the
 /// first series of a name and builds the later ones as another instrument,
 /// undescribed, which the OpenTelemetry SDK exports as a second metric of the
@@ -186,30 +231,39 @@ static METADATA: Metadata<'static> =
 /// every registration, the series of a family are one instrument everywhere.
 /// Cold: a breaker registers a series once per recorder, a transition's
 /// counter at each transition, never on a call's success path.
-pub(crate) fn register_counter(r: &dyn Recorder, key: &Key) -> Counter {
-    describe(r, key);
+pub(crate) fn register_counter(r: &dyn Recorder, key: &Key, naming: MetricsNaming) -> Counter {
+    describe(r, key, naming);
     r.register_counter(key, &METADATA)
 }
 
 /// See [`register_counter`].
-pub(crate) fn register_gauge(r: &dyn Recorder, key: &Key) -> Gauge {
-    describe(r, key);
+pub(crate) fn register_gauge(r: &dyn Recorder, key: &Key, naming: MetricsNaming) -> Gauge {
+    describe(r, key, naming);
     r.register_gauge(key, &METADATA)
 }
 
 /// See [`register_counter`].
-pub(crate) fn register_histogram(r: &dyn Recorder, key: &Key) -> Histogram {
-    describe(r, key);
+pub(crate) fn register_histogram(r: &dyn Recorder, key: &Key, naming: MetricsNaming) -> Histogram {
+    describe(r, key, naming);
     r.register_histogram(key, &METADATA)
 }
 
-/// Describes the family of `key` to `r`, by the suffix of its name.
-fn describe(r: &dyn Recorder, key: &Key) {
+/// Describes the family of `key` to `r`, by the suffix of its name (the
+/// preset's own families first, under [`MetricsNaming::Resilience4j`]).
+fn describe(r: &dyn Recorder, key: &Key, naming: MetricsNaming) {
     let name = key.name();
-    let family = FAMILIES.iter().find(|(suffix, ..)| {
+    let of = |suffix: &str| {
         name.strip_suffix(suffix)
             .is_some_and(|prefix| prefix.ends_with('_'))
-    });
+    };
+    let own: &[Family] = match naming {
+        MetricsNaming::Native => &[],
+        MetricsNaming::Resilience4j => &resilience4j::FAMILIES,
+    };
+    let family = own
+        .iter()
+        .chain(FAMILIES.iter())
+        .find(|(suffix, ..)| of(suffix));
     let Some(&(_, kind, unit, help)) = family else {
         return;
     };
@@ -221,9 +275,14 @@ fn describe(r: &dyn Recorder, key: &Key) {
     }
 }
 
-/// Metric names under one prefix.
+/// Metric names under one prefix. Under [`MetricsNaming::Resilience4j`],
+/// `error_rate` is `_failure_rate`, `duration` is `_calls_seconds` (the
+/// binder's timer, which counts the calls too) and `requests` is not used.
 #[derive(Debug)]
 pub(crate) struct Names {
+    pub(crate) naming: MetricsNaming,
+    /// The label naming the breaker: `service`, or `name`.
+    pub(crate) label: &'static str,
     pub(crate) state: SharedString,
     pub(crate) transitions: SharedString,
     pub(crate) error_rate: SharedString,
@@ -239,18 +298,25 @@ pub(crate) struct Names {
     pub(crate) capacity_utilization: SharedString,
     pub(crate) trips_suppressed: SharedString,
     pub(crate) open_share: SharedString,
+    /// Refused calls (resilience4j: `_not_permitted_calls_total`).
+    pub(crate) not_permitted: SharedString,
+    /// The window's calls by outcome (resilience4j: `_buffered_calls`).
+    pub(crate) buffered_calls: SharedString,
 }
 
 #[derive(Clone, Copy)]
-enum FamilyKind {
+pub(crate) enum FamilyKind {
     Counter,
     Gauge,
     Histogram,
 }
 
-/// Each family: the suffix of its name (after the prefix and `_`), its
-/// type, unit and help.
-const FAMILIES: [(&str, FamilyKind, Option<Unit>, &str); 15] = {
+/// A family: the suffix of its name (after the prefix and `_`), its type,
+/// unit and help.
+pub(crate) type Family = (&'static str, FamilyKind, Option<Unit>, &'static str);
+
+/// Each family of the contract.
+const FAMILIES: [Family; 15] = {
     use FamilyKind::*;
     [
         (
@@ -346,9 +412,12 @@ const FAMILIES: [(&str, FamilyKind, Option<Unit>, &str); 15] = {
     ]
 };
 
-/// Every metric prefix a breaker was configured with in this process.
-fn prefixes() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
-    static PREFIXES: OnceLock<Mutex<std::collections::BTreeSet<String>>> = OnceLock::new();
+/// Every metric prefix a breaker was configured with in this process, with
+/// its naming.
+type Prefixes = std::collections::BTreeSet<(MetricsNaming, String)>;
+
+fn prefixes() -> std::sync::MutexGuard<'static, Prefixes> {
+    static PREFIXES: OnceLock<Mutex<Prefixes>> = OnceLock::new();
     PREFIXES
         .get_or_init(Default::default)
         .lock()
@@ -358,31 +427,43 @@ fn prefixes() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<Strin
 /// Whether `family` is the name of a metric family breakers report (with
 /// the default prefix or any prefix configured in this process).
 pub(crate) fn is_breaker_family(family: &str) -> bool {
-    let matches = |prefix: &str| {
+    let known = |naming: MetricsNaming, suffix: &str| match naming {
+        MetricsNaming::Native => FAMILIES.iter().any(|f| f.0 == suffix),
+        MetricsNaming::Resilience4j => resilience4j::SUFFIXES.contains(&suffix),
+    };
+    let matches = |prefix: &str, naming: MetricsNaming| {
         family
             .strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix('_'))
-            .is_some_and(|suffix| FAMILIES.iter().any(|f| f.0 == suffix))
+            .is_some_and(|suffix| known(naming, suffix))
     };
-    matches(DEFAULT_PREFIX) || prefixes().iter().any(|p| matches(p))
+    matches(DEFAULT_PREFIX, MetricsNaming::Native)
+        || prefixes().iter().any(|(naming, p)| matches(p, *naming))
 }
 
 impl Names {
-    pub(crate) fn new(prefix: &str) -> Self {
-        if prefix != DEFAULT_PREFIX {
+    pub(crate) fn new(prefix: &str, naming: MetricsNaming) -> Self {
+        if naming != MetricsNaming::Native || prefix != DEFAULT_PREFIX {
             let mut known = prefixes();
-            if !known.contains(prefix) {
-                known.insert(prefix.to_owned());
+            let entry = (naming, prefix.to_owned());
+            if !known.contains(&entry) {
+                known.insert(entry);
             }
         }
         let n = |suffix: &str| SharedString::from(format!("{prefix}_{suffix}"));
+        let r4j = naming == MetricsNaming::Resilience4j;
+        let pick = |native: &str, r4j_suffix: &str| n(if r4j { r4j_suffix } else { native });
         Names {
+            naming,
+            label: naming.breaker_label(),
             state: n("state"),
             transitions: n("transitions_total"),
-            error_rate: n("error_rate"),
+            error_rate: pick("error_rate", "failure_rate"),
             slow_call_rate: n("slow_call_rate"),
             requests: n("requests_total"),
-            duration: n("request_duration_seconds"),
+            duration: pick("request_duration_seconds", "calls_seconds"),
+            not_permitted: n("not_permitted_calls_total"),
+            buffered_calls: n("buffered_calls"),
             rejections: n("rejections_total"),
             failures: n("failures_total"),
             recovery: n("recovery_duration_seconds"),
@@ -612,6 +693,10 @@ pub(crate) fn current_recorder() -> usize {
 }
 
 const OUTCOMES: [&str; 3] = ["success", "failure", "ignored"];
+/// The binder's `kind` of a call, in the order of [`OUTCOMES`].
+const R4J_KINDS: [&str; 3] = ["successful", "failed", "ignored"];
+/// The binder's `kind` of the buffered calls.
+const R4J_BUFFERED: [&str; 2] = ["successful", "failed"];
 const REJECTING: [State; 4] = [
     State::Open,
     State::HalfOpen,
@@ -639,9 +724,16 @@ pub(crate) fn is_noop(recorder: &dyn Recorder) -> bool {
 pub(crate) struct Handles {
     recorder: usize,
     level: MetricsLevel,
+    naming: MetricsNaming,
     /// Resolved against the no-op recorder: nothing is recorded, so calls
     /// need not be timed for the duration histogram.
     noop: bool,
+    /// Whether calls are timed for the duration histogram: a real recorder,
+    /// and the Full level (or the resilience4j naming, whose timer is also
+    /// its count of calls, at every level).
+    timed: bool,
+    /// The label naming the breaker, and its value.
+    label: &'static str,
     service: SharedString,
     failures_name: SharedString,
     requests: [Counter; 3],
@@ -653,9 +745,11 @@ pub(crate) struct Handles {
     in_flight: Gauge,
     capacity_utilization: Gauge,
     state: [Gauge; 6],
-    pub(crate) error_rate: Gauge,
-    pub(crate) slow_call_rate: Gauge,
-    pub(crate) trip_risk: Gauge,
+    error_rate: Gauge,
+    slow_call_rate: Gauge,
+    trip_risk: Gauge,
+    /// The window's successful and failed calls (resilience4j naming only).
+    buffered: [Gauge; 2],
     recovery: Histogram,
     failures: [OnceLock<(&'static str, Counter)>; FAILURE_SLOTS],
     suppressed_name: SharedString,
@@ -682,8 +776,10 @@ impl Handles {
         capacity: bool,
     ) -> Self {
         let service = SharedString::from(service.clone());
+        let label = names.label;
+        let r4j = names.naming == MetricsNaming::Resilience4j;
         let with = |extra: &[(&'static str, &'static str)]| -> Vec<Label> {
-            let mut labels = vec![Label::new("service", service.clone())];
+            let mut labels = vec![Label::new(label, service.clone())];
             labels.extend(extra.iter().map(|(k, v)| Label::from_static_parts(k, v)));
             labels
         };
@@ -695,7 +791,11 @@ impl Handles {
             // every status from the start, as the Prometheus exposition has.
             let counter = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
                 if on(min) {
-                    let counter = register_counter(r, &Key::from_parts(name.clone(), with(extra)));
+                    let counter = register_counter(
+                        r,
+                        &Key::from_parts(name.clone(), with(extra)),
+                        names.naming,
+                    );
                     counter.increment(0);
                     counter
                 } else {
@@ -704,28 +804,47 @@ impl Handles {
             };
             let gauge = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
                 if on(min) {
-                    register_gauge(r, &Key::from_parts(name.clone(), with(extra)))
+                    register_gauge(r, &Key::from_parts(name.clone(), with(extra)), names.naming)
                 } else {
                     Gauge::noop()
                 }
             };
             let histogram = |name: &SharedString, extra: &[(&'static str, &'static str)], min| {
                 if on(min) {
-                    register_histogram(r, &Key::from_parts(name.clone(), with(extra)))
+                    register_histogram(r, &Key::from_parts(name.clone(), with(extra)), names.naming)
                 } else {
                     Histogram::noop()
                 }
             };
             use MetricsLevel::*;
+            let noop = is_noop(r);
+            // Resilience4j: the timer counts the calls, at every level, and
+            // refusals have a family of their own.
+            let (requests, rejected, duration) = if r4j {
+                (
+                    [Counter::noop(), Counter::noop(), Counter::noop()],
+                    counter(&names.not_permitted, &[("kind", "not_permitted")], Minimal),
+                    R4J_KINDS.map(|k| histogram(&names.duration, &[("kind", k)], Minimal)),
+                )
+            } else {
+                (
+                    OUTCOMES.map(|s| counter(&names.requests, &[("status", s)], Minimal)),
+                    counter(&names.requests, &[("status", "rejected")], Minimal),
+                    OUTCOMES.map(|s| histogram(&names.duration, &[("status", s)], Full)),
+                )
+            };
             Handles {
                 recorder,
                 level,
-                noop: is_noop(r),
+                naming: names.naming,
+                noop,
+                timed: !noop && (level == Full || r4j),
+                label,
                 service: service.clone(),
                 failures_name: names.failures.clone(),
-                requests: OUTCOMES.map(|s| counter(&names.requests, &[("status", s)], Minimal)),
-                rejected: counter(&names.requests, &[("status", "rejected")], Minimal),
-                duration: OUTCOMES.map(|s| histogram(&names.duration, &[("status", s)], Full)),
+                requests,
+                rejected,
+                duration,
                 rejections: REJECTING
                     .map(|s| counter(&names.rejections, &[("state", s.as_str())], Standard)),
                 rejected_capacity: if limited(Minimal) {
@@ -747,6 +866,11 @@ impl Handles {
                 error_rate: gauge(&names.error_rate, &[], Standard),
                 slow_call_rate: gauge(&names.slow_call_rate, &[], Standard),
                 trip_risk: gauge(&names.trip_risk, &[], Standard),
+                buffered: if r4j {
+                    R4J_BUFFERED.map(|k| gauge(&names.buffered_calls, &[("kind", k)], Standard))
+                } else {
+                    [Gauge::noop(), Gauge::noop()]
+                },
                 recovery: histogram(&names.recovery, &[], Standard),
                 failures: std::array::from_fn(|_| OnceLock::new()),
                 suppressed_name: names.trips_suppressed.clone(),
@@ -766,7 +890,7 @@ impl Handles {
     /// the duration histogram.
     #[inline]
     pub(crate) fn times_calls(&self) -> bool {
-        !self.noop && self.level == MetricsLevel::Full
+        self.timed
     }
 
     /// Counts a finished call and its time inside the inner service, when
@@ -785,7 +909,7 @@ impl Handles {
             Outcome::Ignored => 2,
         };
         self.requests[i].increment(1);
-        if let (MetricsLevel::Full, Some(seconds)) = (self.level, seconds) {
+        if let (true, Some(seconds)) = (self.timed, seconds) {
             self.duration[i].record(seconds);
         }
     }
@@ -852,11 +976,11 @@ impl Handles {
 
     fn suppressed_counter(&self, reason: Reason) -> Counter {
         let labels = vec![
-            Label::new("service", self.service.clone()),
+            Label::new(self.label, self.service.clone()),
             Label::from_static_parts("reason", reason.as_str()),
         ];
         let key = Key::from_parts(self.suppressed_name.clone(), labels);
-        metrics::with_recorder(|r| register_counter(r, &key))
+        metrics::with_recorder(|r| register_counter(r, &key, MetricsNaming::Native))
     }
 
     fn failure_counter(&self, kind: &'static str) -> Counter {
@@ -866,9 +990,9 @@ impl Handles {
         } else {
             Label::new("kind", sanitize_label(kind))
         };
-        let labels = vec![Label::new("service", self.service.clone()), kind];
+        let labels = vec![Label::new(self.label, self.service.clone()), kind];
         let key = Key::from_parts(self.failures_name.clone(), labels);
-        metrics::with_recorder(|r| register_counter(r, &key))
+        metrics::with_recorder(|r| register_counter(r, &key, MetricsNaming::Native))
     }
 
     /// Sets the one-hot state gauge.
@@ -884,9 +1008,43 @@ impl Handles {
         for gauge in &self.state {
             gauge.set(0.0);
         }
-        self.error_rate.set(0.0);
-        self.slow_call_rate.set(0.0);
+        self.reset_rates();
+    }
+
+    /// The rate gauges of an empty window: 0 (resilience4j naming: -1, "not
+    /// enough calls", and no buffered calls), and no trip risk.
+    pub(crate) fn reset_rates(&self) {
+        let empty = match self.naming {
+            MetricsNaming::Native => 0.0,
+            MetricsNaming::Resilience4j => resilience4j::NOT_ENOUGH_CALLS,
+        };
+        self.error_rate.set(empty);
+        self.slow_call_rate.set(empty);
         self.trip_risk.set(0.0);
+        for gauge in &self.buffered {
+            gauge.set(0.0);
+        }
+    }
+
+    /// Sets the rate gauges from the window's counts (and the trip risk):
+    /// ratios, or under the resilience4j naming percentages, -1 below
+    /// `minimum_calls`, and the buffered calls.
+    pub(crate) fn set_rates(&self, counts: &Counts, minimum_calls: u64, trip_risk: f64) {
+        match self.naming {
+            MetricsNaming::Native => {
+                self.error_rate.set(counts.failure_rate());
+                self.slow_call_rate.set(counts.slow_call_rate());
+            }
+            MetricsNaming::Resilience4j => {
+                let (failure, slow) = resilience4j::rates(counts, minimum_calls);
+                self.error_rate.set(failure);
+                self.slow_call_rate.set(slow);
+                let failed = counts.failures.min(counts.calls);
+                self.buffered[0].set((counts.calls - failed) as f64);
+                self.buffered[1].set(failed as f64);
+            }
+        }
+        self.trip_risk.set(trip_risk);
     }
 
     /// Records a recovery time.
@@ -1093,13 +1251,16 @@ impl BreakerMetrics {
 
     fn transition_counter(&self, from: State, to: State, reason: Reason) -> Counter {
         let labels = vec![
-            Label::new("service", SharedString::from(self.service.value().clone())),
+            Label::new(
+                self.names.label,
+                SharedString::from(self.service.value().clone()),
+            ),
             Label::from_static_parts("from", from.as_str()),
             Label::from_static_parts("to", to.as_str()),
             Label::from_static_parts("reason", reason.as_str()),
         ];
         let key = Key::from_parts(self.names.transitions.clone(), labels);
-        metrics::with_recorder(|r| register_counter(r, &key))
+        metrics::with_recorder(|r| register_counter(r, &key, MetricsNaming::Native))
     }
 }
 
@@ -1108,11 +1269,11 @@ impl BreakerMetrics {
 pub(crate) fn open_share(names: &Names, guard: &crate::capacity::FleetGuard) {
     guard.publish(current_recorder(), || {
         let labels = vec![Label::new(
-            "service",
+            names.label,
             SharedString::from(guard.name.clone()),
         )];
         let key = Key::from_parts(names.open_share.clone(), labels);
-        metrics::with_recorder(|r| register_gauge(r, &key))
+        metrics::with_recorder(|r| register_gauge(r, &key, MetricsNaming::Native))
     });
 }
 
@@ -1165,7 +1326,7 @@ mod tests {
 
     #[test]
     fn names_follow_the_prefix() {
-        let names = Names::new("edge");
+        let names = Names::new("edge", MetricsNaming::Native);
         assert_eq!(&*names.requests, "edge_requests_total");
         assert_eq!(&*names.duration, "edge_request_duration_seconds");
     }

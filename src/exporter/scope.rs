@@ -16,23 +16,27 @@ use super::exposition::{self, Family, Kind, Sample};
 ///
 /// - **full**: every series of those services, as rendered.
 /// - **aggregate**: mesh totals over those services, with the `service`
-///   label removed. Counters and histogram buckets, sums and counts are
+///   label (`name` under the [resilience4j naming](crate::metrics::resilience4j))
+///   removed. Counters and histogram buckets, sums and counts are
 ///   summed; the one-hot `_state` gauge becomes one gauge per state counting
 ///   the breakers in it; `_error_rate` becomes the ratio of the summed
 ///   counters, `_failures_total` over `_requests_total{status="success"|"failure"}`
-///   (since the process started, not over a window); `_slow_call_rate` and
-///   `_trip_risk` become the largest value (the worst service); summary
+///   (since the process started, not over a window); `_slow_call_rate`,
+///   `_trip_risk` and the resilience4j naming's `_failure_rate` become the
+///   largest value (the worst service); summary
 ///   quantiles (from a recorder without histogram buckets) are left out,
 ///   since they do not add up. The dependency edges are left out.
 /// - **redacted**: every series of those services, with each `service`
-///   value replaced by a stable id, `svc-` and 12 hex digits of a keyed
-///   hash, failure kinds collapsed to `error` (their counts summed), every
-///   label other than `service`, `status`, `state`, `kind`, `from`, `to`,
-///   `reason` and `le` dropped (a global label could name something), and
-///   the dependency edges left out.
+///   (or `name`) value replaced by a stable id, `svc-` and 12 hex digits of
+///   a keyed hash, failure kinds (the `kind` of `_failures_total`) collapsed
+///   to `error` (their counts summed), every label other than `service`,
+///   `name`, `status`, `state`, `kind`, `from`, `to`, `reason` and `le`
+///   dropped (a global label could name something), and the dependency
+///   edges left out.
 ///
-/// A series is in a scope when every service it names (its `service` label,
-/// and `upstream` on dependency edges) matches a pattern of the scope. A
+/// A series is in a scope when every service it names (its `service` or
+/// `name` label, and `upstream` on dependency edges) matches a pattern of
+/// the scope. A
 /// scope that does not see everything (all services, `*`, in the full view)
 /// sees only the metric families breakers report (with any prefix
 /// configured in the process): other metrics in the same recorder, and lines
@@ -325,15 +329,31 @@ fn siphasher(k0: u64, k1: u64) -> std::hash::SipHasher {
 pub(crate) const AGGREGATE_ERROR_RATE_HELP: &str =
     "Failed over judged requests, summed over the services since start (aggregate view).";
 
-/// The labels that name services.
-const SERVICE_LABELS: [&str; 2] = ["service", "upstream"];
+/// The labels that name services: the breaker (`service`, or `name` under
+/// the resilience4j naming) and the upstream of a dependency edge.
+pub(crate) const SERVICE_LABELS: [&str; 3] = ["service", "name", "upstream"];
+
+/// The labels that name the breaker a series is of.
+pub(crate) const BREAKER_LABELS: [&str; 2] = ["service", "name"];
+
+/// The gauges the aggregate view shows the largest value of (the worst
+/// service).
+pub(crate) const MAX_GAUGES: [&str; 3] = ["_slow_call_rate", "_trip_risk", "_failure_rate"];
 
 /// The labels the redacted view keeps: those of the breaker families with
 /// values from fixed sets, and the bucket bound. Any other label (a global
 /// label, say) could name something, and is dropped.
-pub(crate) const REDACTED_LABELS: [&str; 8] = [
-    "service", "status", "state", "kind", "from", "to", "reason", "le",
+pub(crate) const REDACTED_LABELS: [&str; 9] = [
+    "service", "name", "status", "state", "kind", "from", "to", "reason", "le",
 ];
+
+/// Whether the redacted view collapses the `kind` label of family `name`:
+/// the failure kinds of `_failures_total`, which may be the user's own
+/// words. The `kind` of the resilience4j families (`successful`, ...) is
+/// kept.
+pub(crate) fn collapses_kind(name: &str) -> bool {
+    name.ends_with("_failures_total")
+}
 
 /// Whether `sample` is in `scope`.
 fn in_scope(scope: &Scope, sample: &Sample<'_>) -> bool {
@@ -389,7 +409,8 @@ pub(crate) fn render(
             let mut ids: HashMap<&str, String> = HashMap::new();
             for family in &families {
                 // Only collapsed failure kinds make samples fall together.
-                let collapses = family.samples.iter().any(|s| s.label("kind").is_some());
+                let collapses = collapses_kind(family.name)
+                    && family.samples.iter().any(|s| s.label("kind").is_some());
                 let mut merged = Merged::default();
                 let mut wrote_metadata = false;
                 for sample in family.samples.iter().filter(|s| in_scope(scope, s)) {
@@ -402,12 +423,12 @@ pub(crate) fn render(
                         .filter(|(k, _)| REDACTED_LABELS.contains(k));
                     let labels = kept.map(|(k, v)| {
                         let value: Cow<'_, str> = match *k {
-                            "service" => Cow::Owned(
+                            "service" | "name" => Cow::Owned(
                                 ids.entry(v.as_ref())
                                     .or_insert_with(|| redactor.id(v))
                                     .clone(),
                             ),
-                            "kind" => Cow::Borrowed("error"),
+                            "kind" if collapses => Cow::Borrowed("error"),
                             _ => Cow::Borrowed(v.as_ref()),
                         };
                         (*k, value)
@@ -536,7 +557,7 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
             }
         }
         let combine = if family.kind == Kind::Gauge
-            && ["_slow_call_rate", "_trip_risk"]
+            && MAX_GAUGES
                 .iter()
                 .any(|suffix| family.name.ends_with(suffix))
         {
@@ -553,7 +574,7 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
             let labels = sample
                 .labels
                 .iter()
-                .filter(|(k, _)| *k != "service")
+                .filter(|(k, _)| !BREAKER_LABELS.contains(k))
                 .map(|(k, v)| (*k, Cow::Borrowed(v.as_ref())));
             merged.add(sample.name, labels, sample.value, combine);
         }

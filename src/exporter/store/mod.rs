@@ -163,8 +163,8 @@ struct Family {
     counts: Vec<u64>,
     /// Series index by label set.
     index: HashTable<u32>,
-    /// Whether a series has a `kind` label (the redacted view collapses
-    /// kinds).
+    /// Whether a series has a failure `kind` label (the redacted view
+    /// collapses them).
     has_kind: bool,
 }
 
@@ -573,12 +573,15 @@ impl Store {
         }
         let mut service: Option<&str> = None;
         let mut upstream: Option<&str> = None;
+        // The breaker's `name` under the resilience4j naming.
+        let mut named: Option<&str> = None;
         // The owner is factored out only when it is the first label.
         let factor = !overrides && !key.labels().any(|l| l.key() == "upstream");
         for (i, label) in key.labels().enumerate() {
             match label.key() {
                 "service" => service = Some(label.value()),
                 "upstream" => upstream = Some(label.value()),
+                "name" => named = Some(label.value()),
                 _ => {}
             }
             if i == 0 && label.key() == "service" && factor {
@@ -597,7 +600,7 @@ impl Store {
             flags |= REDACT_SAFE;
         }
         // The dependency gauge lives as long as its upstream's breaker.
-        let owner = upstream.or(service);
+        let owner = upstream.or(service).or(named);
 
         let now = self.now();
         if now.saturating_sub(state.last_sweep) >= self.sweep_interval() {
@@ -629,7 +632,8 @@ impl Store {
         let at = match found {
             Some(at) => at,
             None => {
-                family.has_kind |= key.labels().any(|l| l.key() == "kind");
+                family.has_kind |= super::scope::collapses_kind(key.name())
+                    && key.labels().any(|l| l.key() == "kind");
                 let owner = owner.map_or(NO_OWNER, |o| owners.take(o));
                 let identity = if flags & FACTORED != 0 {
                     owner

@@ -18,7 +18,10 @@ use super::{
     LabelSet, Owners, Series, Store, FACTORED, OWN_GLOBALS, REDACT_SAFE,
 };
 use crate::exporter::protobuf::parse_labels;
-use crate::exporter::scope::{Redactor, Scope, View, AGGREGATE_ERROR_RATE_HELP, REDACTED_LABELS};
+use crate::exporter::scope::{
+    Redactor, Scope, View, AGGREGATE_ERROR_RATE_HELP, BREAKER_LABELS, MAX_GAUGES, REDACTED_LABELS,
+    SERVICE_LABELS,
+};
 
 /// What a scope decided about each owner slot, and their redacted ids,
 /// made once per render.
@@ -89,7 +92,7 @@ impl<'a> Owned<'a> {
         }
         let mut named = false;
         for (name, value) in parse_labels(family.labels_of(series)) {
-            if name == "service" || name == "upstream" {
+            if SERVICE_LABELS.contains(&name.as_ref()) {
                 named = true;
                 if !self.scope.allows(&value) {
                     return false;
@@ -252,8 +255,8 @@ impl Store {
                     "service" if series.flags() & FACTORED != 0 => {
                         Cow::Borrowed(owned.id(series.owner))
                     }
-                    "service" => Cow::Owned(redactor.id(v)),
-                    "kind" => Cow::Borrowed("error"),
+                    "service" | "name" => Cow::Owned(redactor.id(v)),
+                    "kind" if collapses => Cow::Borrowed("error"),
                     _ => Cow::Borrowed(v),
                 };
                 push_label(&mut text, k, &v);
@@ -356,7 +359,7 @@ impl Store {
                 }
                 continue;
             }
-            let max = gauge && (name.ends_with("_slow_call_rate") || name.ends_with("_trip_risk"));
+            let max = gauge && MAX_GAUGES.iter().any(|suffix| name.ends_with(suffix));
             // Each group: its labels without `service`, and whether the
             // store's global labels go before them.
             let mut values: IndexMap<(bool, Cow<'_, str>), f64> = IndexMap::new();
@@ -377,7 +380,10 @@ impl Store {
                         continue; // dependency edges name services
                     }
                     let mut text = String::new();
-                    for (k, v) in pairs.iter().filter(|(k, _)| k != "service") {
+                    for (k, v) in pairs
+                        .iter()
+                        .filter(|(k, _)| !BREAKER_LABELS.contains(&k.as_str()))
+                    {
                         push_label(&mut text, k, v);
                     }
                     text.pop();
@@ -606,6 +612,51 @@ mod tests {
                         &[("service", s), ("upstream", next)],
                     ))
                     .set(1.0);
+            }
+        }
+        // The resilience4j naming: `name` for `service`, `kind` values that
+        // are not failure kinds.
+        let _ = crate::metrics::Names::new(
+            crate::metrics::resilience4j::DEFAULT_PREFIX,
+            crate::MetricsNaming::Resilience4j,
+        );
+        let r4j = |s: &str| format!("resilience4j_circuitbreaker_{s}");
+        for (i, s) in services.iter().enumerate() {
+            let s = s.as_str();
+            let n = i as u64 + 1;
+            for state in ["closed", "open"] {
+                let on = if (state == "open") == (i % 2 == 0) {
+                    1.0
+                } else {
+                    0.0
+                };
+                store
+                    .gauge(&key(&r4j("state"), &[("name", s), ("state", state)]))
+                    .set(on);
+            }
+            for (kind, v) in [("successful", 10 * n), ("failed", n)] {
+                let h =
+                    store.histogram(&key(&r4j("calls_seconds"), &[("name", s), ("kind", kind)]));
+                for _ in 0..v {
+                    h.record(0.05);
+                }
+                store
+                    .gauge(&key(&r4j("buffered_calls"), &[("name", s), ("kind", kind)]))
+                    .set(v as f64);
+            }
+            store
+                .counter(&key(
+                    &r4j("not_permitted_calls_total"),
+                    &[("name", s), ("kind", "not_permitted")],
+                ))
+                .increment(n);
+            store
+                .gauge(&key(&r4j("failure_rate"), &[("name", s)]))
+                .set(if i == 0 { -1.0 } else { 10.0 * n as f64 });
+            for kind in ["timeout", "http_5xx"] {
+                store
+                    .counter(&key(&r4j("failures_total"), &[("name", s), ("kind", kind)]))
+                    .increment(n);
             }
         }
         if let Some(first) = services.first() {
