@@ -22,7 +22,10 @@ pin_project! {
     ///
     /// Made by [`GrpcClassifier`]. The call is finished by the trailers
     /// frame, by the end of the stream (no trailers: UNKNOWN), or by an
-    /// error frame (a failure of kind `error`). Dropped before any of those,
+    /// error frame (a failure of kind `error`). Its first message stops its
+    /// timing and settles a half-open probe as a success, unless the
+    /// classifier says [`StreamJudgement::WholeStream`](crate::classify::StreamJudgement).
+    /// Dropped before any of those,
     /// the call counts as ignored and gives back its half-open permit.
     ///
     /// Frames pass through unchanged.
@@ -58,6 +61,8 @@ pin_project! {
         inner: B,
         call: Option<InFlight>,
         classifier: GrpcClassifier,
+        // A message has been seen.
+        streaming: bool,
     }
 }
 
@@ -68,6 +73,7 @@ impl<B> GrpcBody<B> {
             inner,
             call: Some(call),
             classifier,
+            streaming: false,
         }
     }
 
@@ -77,6 +83,7 @@ impl<B> GrpcBody<B> {
             inner,
             call: None,
             classifier: GrpcClassifier::new(),
+            streaming: false,
         }
     }
 
@@ -106,7 +113,15 @@ where
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         let call = match &frame {
-            Some(Ok(data)) if !data.is_trailers() => None,
+            Some(Ok(data)) if !data.is_trailers() => {
+                // A message: the first one settles the call's timing and,
+                // for a probe, the call (see `StreamJudgement`).
+                if !*this.streaming && this.classifier.settles_at_first_message() {
+                    *this.streaming = true;
+                    *this.call = this.call.take().and_then(InFlight::first_message);
+                }
+                None
+            }
             _ => this.call.take(),
         };
         if let Some(call) = call {

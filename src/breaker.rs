@@ -709,6 +709,8 @@ impl Stamp {
     const TIMED: u64 = 1 << 59;
     const FINISHED: u64 = 1 << 60;
     const HOLDS_SLOT: u64 = 1 << 61;
+    /// The call's duration is settled: the low bits hold it, not the start.
+    const SETTLED: u64 = 1 << 62;
 
     #[inline(always)]
     fn started(start: u64, slot: u8, timed: bool) -> Self {
@@ -720,7 +722,19 @@ impl Stamp {
 
     #[inline]
     fn elapsed(self, end: u64) -> u64 {
+        if self.0 & Self::SETTLED != 0 {
+            return self.0 & Self::START_MASK;
+        }
         end.wrapping_sub(self.0) & Self::START_MASK
+    }
+
+    /// The stamp with its duration settled at `end`.
+    #[cfg(feature = "grpc")]
+    fn settled(self, end: u64) -> Self {
+        if self.0 & Self::SETTLED != 0 {
+            return self;
+        }
+        Stamp(self.0 & !Self::START_MASK | self.elapsed(end) | Self::SETTLED)
     }
 
     #[inline]
@@ -750,6 +764,24 @@ impl InFlight {
     pub fn finish(mut self, outcome: Outcome) {
         self.breaker.finish(&self, outcome);
         self.stamp = Stamp(self.stamp.0 | Stamp::FINISHED);
+    }
+
+    /// The call's response started streaming (its first message arrived):
+    /// its duration stops here, so the slow-call policy and the duration
+    /// histogram see the time to the first message, not how long the
+    /// client listened; a half-open probe is settled now as a success,
+    /// giving its permit back, since the upstream answered. Returns the
+    /// call if it is still open (not a probe), to be judged at its end.
+    #[cfg(feature = "grpc")]
+    pub(crate) fn first_message(mut self) -> Option<InFlight> {
+        if self.ticket.is_probe() {
+            self.finish(Outcome::Success);
+            return None;
+        }
+        if self.stamp.timed() {
+            self.stamp = self.stamp.settled(self.breaker.clock.now());
+        }
+        Some(self)
     }
 
     /// Passes on the upstream's hint of when to try again (`Retry-After`,

@@ -223,29 +223,42 @@ static METADATA: Metadata<'static> =
 
 /// Registers a series of one of the breaker's families in `r`, after
 /// describing the family again (`naming` picks the help of the families
-/// whose help differs between namings; the others may pass `Native`). A recorder may keep a description for one
-/// registration only: metrics-exporter-opentelemetry 0.2 takes it with the
-/// first series of a name and builds the later ones as another instrument,
-/// undescribed, which the OpenTelemetry SDK exports as a second metric of the
-/// same name (a trip counted in one, its zero in the other). Described at
-/// every registration, the series of a family are one instrument everywhere.
-/// Cold: a breaker registers a series once per recorder, a transition's
-/// counter at each transition, never on a call's success path.
+/// whose help differs between namings; the others may pass `Native`).
+///
+/// A recorder may keep a description for one registration only:
+/// metrics-exporter-opentelemetry 0.2 takes it with the first series of a
+/// name and builds the later ones as another instrument, undescribed, which
+/// the OpenTelemetry SDK exports as a second metric of the same name (a
+/// trip counted in one, its zero in the other). Described at every
+/// registration, the series of a family are one instrument everywhere. The
+/// pair is made under one process-wide lock, so two breakers registering
+/// at once on two threads cannot take each other's description. Cold: a
+/// breaker registers a series once per recorder, a transition's counter at
+/// each transition, never on a call's success path.
 pub(crate) fn register_counter(r: &dyn Recorder, key: &Key, naming: MetricsNaming) -> Counter {
+    let _described = registering();
     describe(r, key, naming);
     r.register_counter(key, &METADATA)
 }
 
 /// See [`register_counter`].
 pub(crate) fn register_gauge(r: &dyn Recorder, key: &Key, naming: MetricsNaming) -> Gauge {
+    let _described = registering();
     describe(r, key, naming);
     r.register_gauge(key, &METADATA)
 }
 
 /// See [`register_counter`].
 pub(crate) fn register_histogram(r: &dyn Recorder, key: &Key, naming: MetricsNaming) -> Histogram {
+    let _described = registering();
     describe(r, key, naming);
     r.register_histogram(key, &METADATA)
+}
+
+/// The lock a description and its registration are made under.
+fn registering() -> std::sync::MutexGuard<'static, ()> {
+    static REGISTERING: Mutex<()> = Mutex::new(());
+    REGISTERING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Describes the family of `key` to `r`, by the suffix of its name (the

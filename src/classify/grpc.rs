@@ -132,7 +132,8 @@ const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-p
 ///
 /// When it judges: at the response headers for a trailers-only response
 /// and for a non-gRPC answer; otherwise at the trailers, when the body is
-/// read to its end.
+/// read to its end. A stream's duration, and a streaming half-open probe,
+/// are settled at its first message (see [`StreamJudgement`]).
 ///
 /// What counts as which status:
 /// - `grpc-status` in the headers (trailers-only) decides, whatever the
@@ -179,6 +180,32 @@ const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-p
 pub struct GrpcClassifier {
     failing: u32,
     ignored: u32,
+    streams: StreamJudgement,
+}
+
+/// When a gRPC response that streams (its first message arrives before its
+/// status) stops being timed, and when a half-open probe that streams is
+/// settled. Set with [`GrpcClassifier::stream_judgement`].
+///
+/// A unary answer is one message and its status, back to back: either
+/// setting judges it the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StreamJudgement {
+    /// At the first message (the default). The call's duration, for the
+    /// slow-call policy and the duration histogram, is the time to its
+    /// first message, so a healthy hour-long Watch is not a slow call; a
+    /// half-open probe that streams counts as a success at its first
+    /// message and gives its permit back, so a long-lived stream never holds
+    /// the breaker half-open. The status at the end still judges every call
+    /// that is not a probe.
+    #[default]
+    FirstMessage,
+    /// At the end of the stream: the whole stream is timed, and a probe
+    /// holds its permit until its status arrives (a long-lived stream keeps
+    /// the breaker half-open, refusing other calls, for as long as it
+    /// lives). For services whose streams are short and whose length is
+    /// their health.
+    WholeStream,
 }
 
 impl GrpcClassifier {
@@ -195,6 +222,7 @@ impl GrpcClassifier {
         GrpcClassifier {
             failing: failing.iter().fold(0, |set, c| set | c.bit()),
             ignored: 0,
+            streams: StreamJudgement::FirstMessage,
         }
     }
 
@@ -227,6 +255,18 @@ impl GrpcClassifier {
         self.failing &= !code.bit();
         self.ignored |= code.bit();
         self
+    }
+
+    /// When a streaming response stops being timed and a streaming probe
+    /// is settled (default [`StreamJudgement::FirstMessage`]).
+    pub fn stream_judgement(mut self, judgement: StreamJudgement) -> Self {
+        self.streams = judgement;
+        self
+    }
+
+    /// Whether a call's first message settles its timing and its probe.
+    pub(crate) fn settles_at_first_message(&self) -> bool {
+        self.streams == StreamJudgement::FirstMessage
     }
 
     /// The outcome of a call that ended with `code`.
@@ -277,6 +317,7 @@ impl fmt::Debug for GrpcClassifier {
         f.debug_struct("GrpcClassifier")
             .field("failing", &Codes(self.failing))
             .field("ignored", &Codes(self.ignored))
+            .field("streams", &self.streams)
             .finish()
     }
 }
@@ -376,7 +417,7 @@ mod tests {
             .ignore(GrpcCode::NotFound);
         assert_eq!(
             format!("{c:?}"),
-            "GrpcClassifier { failing: {Cancelled, Aborted}, ignored: {NotFound} }"
+            "GrpcClassifier { failing: {Cancelled, Aborted}, ignored: {NotFound}, streams: FirstMessage }"
         );
         assert_eq!(c.classify_code(GrpcCode::Unavailable), Outcome::Success);
     }

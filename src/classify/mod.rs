@@ -22,7 +22,7 @@ mod tower_http;
 
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
-pub use self::grpc::{GrpcClassifier, GrpcCode};
+pub use self::grpc::{GrpcClassifier, GrpcCode, StreamJudgement};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::http::{HttpBodyClassifier, HttpClassifier};

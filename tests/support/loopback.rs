@@ -71,7 +71,7 @@ pub fn seen(service: &str) -> Vec<String> {
     let mut out = Vec::new();
     for ((svc, entry), n) in totals.iter() {
         if svc == service {
-            out.extend(std::iter::repeat(entry.clone()).take(*n as usize));
+            out.extend(std::iter::repeat_n(entry.clone(), *n as usize));
         }
     }
     out
