@@ -23,6 +23,8 @@ sets=(
     "no default features|--no-default-features"
     "grpc|--features grpc"
     "axum|--features axum"
+    "tower-http|--features tower-http"
+    "hyper-util|--features hyper-util"
     "tonic|--features tonic"
     "all features|--all-features"
 )
@@ -77,6 +79,10 @@ for tree in sorted(tmp.glob("tree-*.txt")):
     need = max(needs) if needs else ((0,), "-", "-")
     need_s = ".".join(map(str, need[0][:2]))
     expected = short(declared) if label in ("default", "no default features") else stated.get(label)
+    if label == "default" and stated.get("default") != short(declared):
+        failed = True
+        print(f"msrv: FAIL README.md's Minimum Rust table says {stated.get('default')} for the "
+              f"default features, Cargo.toml's rust-version says {short(declared)}", file=sys.stderr)
     crates = len({l for l in tree.read_text().splitlines() if l.strip()})
     print(f"msrv: {label:20} needs Rust {need_s} ({need[1]} {need[2]}), "
           f"{crates} crates; declared {expected}")

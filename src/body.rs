@@ -22,9 +22,12 @@ pin_project! {
     ///
     /// Made by [`GrpcClassifier`]. The call is finished by the trailers
     /// frame, by the end of the stream (no trailers: UNKNOWN), or by an
-    /// error frame (a failure of kind `error`). Its first message stops its
-    /// timing and settles a half-open probe as a success, unless the
-    /// classifier says [`StreamJudgement::WholeStream`](crate::classify::StreamJudgement).
+    /// error frame (a failure of kind `error`). Once the response streams
+    /// (after its first message, nothing more is ready, or a second message
+    /// comes), its timing stops and a half-open probe is judged a success,
+    /// keeping its slot of a concurrency limit until the stream ends, unless
+    /// the classifier says
+    /// [`StreamJudgement::WholeStream`](crate::classify::StreamJudgement).
     /// Dropped before any of those,
     /// the call counts as ignored and gives back its half-open permit.
     ///
@@ -61,8 +64,8 @@ pin_project! {
         inner: B,
         call: Option<InFlight>,
         classifier: GrpcClassifier,
-        // A message has been seen.
-        streaming: bool,
+        // Messages seen, up to 2; 2 also once the response streams.
+        messages: u8,
     }
 }
 
@@ -73,7 +76,7 @@ impl<B> GrpcBody<B> {
             inner,
             call: Some(call),
             classifier,
-            streaming: false,
+            messages: 0,
         }
     }
 
@@ -83,7 +86,7 @@ impl<B> GrpcBody<B> {
             inner,
             call: None,
             classifier: GrpcClassifier::new(),
-            streaming: false,
+            messages: 0,
         }
     }
 
@@ -111,25 +114,41 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let streams = this.classifier.settles_at_first_message();
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Pending => {
+                // After its first message, nothing more is ready: the
+                // response streams (see `StreamJudgement`).
+                if streams && *this.messages == 1 {
+                    *this.messages = 2;
+                    *this.call = this.call.take().map(InFlight::streaming);
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(frame) => frame,
+        };
         let call = match &frame {
             Some(Ok(data)) if !data.is_trailers() => {
-                // A message: the first one settles the call's timing and,
-                // for a probe, the call (see `StreamJudgement`).
-                if !*this.streaming && this.classifier.settles_at_first_message() {
-                    *this.streaming = true;
-                    *this.call = this.call.take().and_then(InFlight::first_message);
+                // A second message: the response streams.
+                if *this.messages < 2 {
+                    *this.messages += 1;
+                    if streams && *this.messages == 2 {
+                        *this.call = this.call.take().map(InFlight::streaming);
+                    }
                 }
                 None
             }
             _ => this.call.take(),
         };
-        if let Some(call) = call {
-            match &frame {
+        match call {
+            // A streaming probe, judged already: its slot goes back now.
+            Some(call) if call.is_judged() => drop(call),
+            Some(call) => match &frame {
                 Some(Ok(trailers)) => this.classifier.finish_with(trailers.trailers_ref(), call),
                 Some(Err(_)) => call.finish(Outcome::Failure(FailureKind::ERROR)),
                 None => this.classifier.finish_with(None, call),
-            }
+            },
+            None => {}
         }
         Poll::Ready(frame)
     }

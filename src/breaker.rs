@@ -162,6 +162,14 @@ impl Breaker {
         self.handles().set_idle();
         if let Some(fleet) = &self.fleet {
             fleet.leave();
+        }
+        self.fleet_changed();
+    }
+
+    /// Republishes the keyed layer's open-share gauge, if the breaker is a
+    /// key of a layer with `max_open_share`: after it joined, left or moved.
+    pub(crate) fn fleet_changed(&self) {
+        if let Some(fleet) = &self.fleet {
             crate::metrics::open_share(self.metrics.names(), &fleet.guard);
         }
     }
@@ -413,29 +421,28 @@ impl Breaker {
     /// that is not slow, over a count window) stays inline; the rest is out
     /// of line.
     #[inline]
-    fn finish(&self, call: &InFlight, outcome: Outcome) {
-        let stamp = call.stamp;
+    fn finish(&self, ticket: Ticket, stamp: Stamp, outcome: Outcome) {
         // The call's slot of the concurrency limit, if it holds one.
         self.give_slot(stamp);
         let mut end = None;
         if matches!(outcome, Outcome::Success) {
             if !stamp.timed() {
-                if let Some(changed) = self.machine.record_plain_success(call.ticket) {
-                    return self.recorded(call.ticket, stamp.slot(), None, changed, None);
+                if let Some(changed) = self.machine.record_plain_success(ticket) {
+                    return self.recorded(ticket, stamp.slot(), None, changed, None);
                 }
             } else if !self.time_window {
                 let now = self.clock.now();
                 end = Some(now);
                 let elapsed = stamp.elapsed(now);
                 if !self.machine.policy().is_slow(elapsed) {
-                    if let Some(changed) = self.machine.record_plain_success(call.ticket) {
+                    if let Some(changed) = self.machine.record_plain_success(ticket) {
                         let seconds = Some(elapsed as f64 * 1e-9);
-                        return self.recorded(call.ticket, stamp.slot(), seconds, changed, end);
+                        return self.recorded(ticket, stamp.slot(), seconds, changed, end);
                     }
                 }
             }
         }
-        self.finish_slow(call, outcome, end);
+        self.finish_slow(ticket, stamp, outcome, end);
     }
 
     /// Counts a success the machine has recorded on the hot path.
@@ -477,8 +484,7 @@ impl Breaker {
 
     /// Every other outcome. `end` is the time the hot path already read.
     #[inline(never)]
-    fn finish_slow(&self, call: &InFlight, outcome: Outcome, end: Option<u64>) {
-        let (ticket, stamp) = (call.ticket, call.stamp);
+    fn finish_slow(&self, ticket: Ticket, stamp: Stamp, outcome: Outcome, end: Option<u64>) {
         let timed = stamp.timed();
         let end = match end {
             Some(end) => end,
@@ -762,26 +768,40 @@ impl InFlight {
     /// Records the call's outcome.
     #[inline]
     pub fn finish(mut self, outcome: Outcome) {
-        self.breaker.finish(&self, outcome);
-        self.stamp = Stamp(self.stamp.0 | Stamp::FINISHED);
+        // Finished (and its slot given back, by `Breaker::finish`) before
+        // the outcome is recorded: a state-change hook that panics while
+        // it is recorded unwinds through a call that is already done.
+        let stamp = self.stamp;
+        self.stamp = Stamp((stamp.0 | Stamp::FINISHED) & !Stamp::HOLDS_SLOT);
+        self.breaker.finish(self.ticket, stamp, outcome);
     }
 
-    /// The call's response started streaming (its first message arrived):
-    /// its duration stops here, so the slow-call policy and the duration
-    /// histogram see the time to the first message, not how long the
-    /// client listened; a half-open probe is settled now as a success,
-    /// giving its permit back, since the upstream answered. Returns the
-    /// call if it is still open (not a probe), to be judged at its end.
+    /// The call's response streams (see `GrpcBody`): its duration stops
+    /// here, so the slow-call policy and the duration histogram see the
+    /// time to its first message, not how long the client listened; a
+    /// half-open probe is judged now, a success (the upstream answered),
+    /// and gives its permit back. A judged probe keeps its slot of the
+    /// concurrency limit until the stream ends: the returned call is then
+    /// finished, and holds only that slot until it is dropped.
     #[cfg(feature = "grpc")]
-    pub(crate) fn first_message(mut self) -> Option<InFlight> {
+    pub(crate) fn streaming(mut self) -> InFlight {
         if self.ticket.is_probe() {
-            self.finish(Outcome::Success);
-            return None;
+            let stamp = self.stamp;
+            self.stamp = Stamp(stamp.0 | Stamp::FINISHED);
+            let judged = Stamp(stamp.0 & !Stamp::HOLDS_SLOT);
+            self.breaker.finish(self.ticket, judged, Outcome::Success);
+            return self;
         }
         if self.stamp.timed() {
             self.stamp = self.stamp.settled(self.breaker.clock.now());
         }
-        Some(self)
+        self
+    }
+
+    /// Whether the call's outcome is recorded (it may still hold a slot).
+    #[cfg(feature = "grpc")]
+    pub(crate) fn is_judged(&self) -> bool {
+        self.stamp.is_finished()
     }
 
     /// Passes on the upstream's hint of when to try again (`Retry-After`,
@@ -801,19 +821,26 @@ impl InFlight {
 impl Drop for InFlight {
     #[inline]
     fn drop(&mut self) {
-        if !self.stamp.is_finished() {
+        if self.stamp.0 & (Stamp::FINISHED | Stamp::HOLDS_SLOT) != Stamp::FINISHED {
             self.dropped();
         }
     }
 }
 
 impl InFlight {
-    /// A call dropped before its outcome was recorded (cancelled): out of
-    /// line, so the drop of a finished call stays a bit test.
+    /// A call dropped before its outcome was recorded (cancelled), or a
+    /// judged one that still holds its slot (a streaming probe): out of
+    /// line, so the drop of a finished call stays one test.
     #[cold]
     #[inline(never)]
     fn dropped(&mut self) {
-        self.breaker.finish(self, Outcome::Ignored);
+        let stamp = self.stamp;
+        self.stamp = Stamp((stamp.0 | Stamp::FINISHED) & !Stamp::HOLDS_SLOT);
+        if stamp.is_finished() {
+            self.breaker.give_slot(stamp);
+        } else {
+            self.breaker.finish(self.ticket, stamp, Outcome::Ignored);
+        }
     }
 }
 

@@ -765,6 +765,7 @@ impl Template {
         let breaker = Arc::new(breaker);
         crate::dependency::track(&breaker, self.caller.as_deref());
         crate::live::register(&breaker);
+        breaker.fleet_changed();
         breaker
     }
 

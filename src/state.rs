@@ -1163,6 +1163,16 @@ fn backoff(spins: &mut u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_and_reasons_display_as_their_label_values() {
+        assert_eq!(State::HalfOpen.to_string(), "half_open");
+        assert_eq!(State::MetricsOnly.to_string(), "metrics_only");
+        assert_eq!(Reason::FailureRate.to_string(), "failure_rate");
+        for state in State::ALL {
+            assert_eq!(state.to_string(), state.as_str());
+        }
+    }
     use crate::classify::FailureKind;
     use crate::window::CountWindow;
 

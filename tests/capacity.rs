@@ -486,3 +486,99 @@ fn evicted_keys_leave_the_open_share() {
     let _ = send("e-1", true);
     assert_eq!(layer.handle("e-1").unwrap().state(), State::Open);
 }
+
+/// The open-share gauge follows keys that join, not only transitions: one
+/// open key among ten live ones is a share of 0.1.
+#[test]
+fn the_open_share_gauge_follows_keys_that_join() {
+    let recorder = DebuggingRecorder::new();
+    let mut m = Recorded::new(recorder.snapshotter());
+    metrics::with_local_recorder(&recorder, || {
+        let layer = CircuitBreakerLayer::builder()
+            .name("fleet-joins")
+            .consecutive_failures(1)
+            .keyed(key_fn(|req: &(String, bool)| Some(req.0.clone())))
+            .max_open_share(1.0)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(service_fn(|(_, fail): (String, bool)| async move {
+            if fail {
+                Err(std::io::Error::other("down"))
+            } else {
+                Ok(())
+            }
+        }));
+        let mut send = |key: &str, fail| {
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+            let _ = svc.call((key.to_owned(), fail)).now_or_never().unwrap();
+        };
+        send("k0", true);
+        m.observe();
+        assert_eq!(
+            m.gauge("circuit_breaker_open_share", &[("service", "fleet-joins")]),
+            1.0
+        );
+        for i in 1..10 {
+            send(&format!("k{i}"), false);
+        }
+        m.observe();
+        assert_eq!(
+            m.gauge("circuit_breaker_open_share", &[("service", "fleet-joins")]),
+            0.1
+        );
+    });
+}
+
+/// A state-change hook that panics while a call's outcome is recorded
+/// unwinds through a call that is already finished: its slot goes back
+/// once, and the limit still holds.
+#[test]
+fn a_panicking_hook_gives_a_slot_back_once() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let layer = CircuitBreakerLayer::builder()
+        .name("capacity-hook-panic")
+        .consecutive_failures(1)
+        .max_concurrent_calls(2)
+        .on_state_change(|change| {
+            if change.to == State::Open {
+                panic!("hook panics");
+            }
+        })
+        .build()
+        .unwrap();
+    let inside = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let (i, g) = (inside.clone(), gate.clone());
+    let mut svc = layer.layer(service_fn(move |fail: bool| {
+        let (inside, gate) = (i.clone(), g.clone());
+        async move {
+            if fail {
+                return Err(std::io::Error::other("down"));
+            }
+            inside.fetch_add(1, Ordering::SeqCst);
+            gate.acquire().await.unwrap().forget();
+            inside.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }));
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let mut call = |fail| {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        svc.call(fail)
+    };
+    let mut held = Box::pin(call(false));
+    assert!(held.as_mut().poll(&mut cx).is_pending());
+    let mut failing = Box::pin(call(true));
+    let unwound = catch_unwind(AssertUnwindSafe(|| failing.as_mut().poll(&mut cx)));
+    assert!(unwound.is_err(), "the hook panicked");
+    drop(failing);
+    layer.handle().reset();
+    // One slot is free, not two.
+    let mut second = Box::pin(call(false));
+    assert!(second.as_mut().poll(&mut cx).is_pending());
+    let third = refusal(call(false).now_or_never().unwrap()).expect("refused");
+    assert!(third.is_capacity());
+    assert_eq!(inside.load(Ordering::SeqCst), 2);
+}

@@ -106,3 +106,75 @@ async fn grpc_errors_as_failures_judges_at_the_trailers() {
         .unwrap()
         .is_err());
 }
+
+/// Through a real hyper HTTP/1 server: a gRPC answer with no status in its
+/// headers and an empty body is judged (tower-http reads no trailers as
+/// OK), not dropped unpolled as ignored by a server that saw its end; the
+/// half-open probes close the breaker.
+#[tokio::test]
+async fn an_empty_grpc_body_is_judged_behind_a_hyper_server() {
+    use hyper_util::rt::TokioIo;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tower_breaker::Clock;
+
+    let (clock, time) = Clock::manual();
+    let layer = CircuitBreakerLayer::builder()
+        .name("tower-http-hyper")
+        .clock(clock)
+        .consecutive_failures(1)
+        .half_open_permits(1)
+        .half_open_successes(1)
+        .classifier(TowerHttp::new(GrpcErrorsAsFailures::new()))
+        .build()
+        .unwrap();
+    let fail = Arc::new(AtomicBool::new(true));
+    let f = fail.clone();
+    let svc = layer.layer(service_fn(
+        move |_: http::Request<hyper::body::Incoming>| {
+            let fail = f.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    return Err(std::io::Error::other("down"));
+                }
+                Ok(Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap())
+            }
+        },
+    ));
+    let serve_once = |svc: tower_breaker::CircuitBreaker<_, _>| async move {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(
+                    TokioIo::new(server),
+                    hyper::service::service_fn(move |req| svc.clone().oneshot(req)),
+                )
+                .await;
+        });
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let res = sender.send_request(http::Request::new(Empty::new())).await;
+        if let Ok(res) = res {
+            let _ = res.into_body().collect().await;
+        }
+        drop(sender);
+        let _ = server.await;
+    };
+    serve_once(svc.clone()).await;
+    assert_eq!(layer.handle().state(), State::Open);
+    fail.store(false, Ordering::SeqCst);
+    time.advance(Duration::from_secs(600));
+    serve_once(svc.clone()).await;
+    assert_eq!(
+        layer.handle().state(),
+        State::Closed,
+        "the probe was judged"
+    );
+}

@@ -11,10 +11,12 @@ use loopback::{bounded, install_recorder, seen};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::channel::mpsc;
+use futures::FutureExt;
 use http::{HeaderMap, Request, Response};
 use http_body::Frame;
 use http_body_util::StreamBody;
@@ -42,9 +44,16 @@ fn status(code: &'static str) -> Frame<Bytes> {
     Frame::trailers(trailers)
 }
 
-/// An HTTP/2 server: `Check` answers SERVING at once; each `Watch` hands
-/// its frame sender to the test, which sends its messages and its status.
+/// An HTTP/2 server: `Check` answers SERVING then, at once, the status
+/// set in `check` (OK by default); each `Watch` hands its frame sender to
+/// the test, which sends its messages and its status.
 async fn start_server() -> (SocketAddr, mpsc::UnboundedReceiver<Frames>) {
+    start_server_with(Arc::new(Mutex::new("0"))).await
+}
+
+async fn start_server_with(
+    check: Arc<Mutex<&'static str>>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Frames>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (watches, watch_rx) = mpsc::unbounded::<Frames>();
@@ -52,13 +61,15 @@ async fn start_server() -> (SocketAddr, mpsc::UnboundedReceiver<Frames>) {
         loop {
             let (io, _) = listener.accept().await.unwrap();
             let watches = watches.clone();
+            let check = check.clone();
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (tx, rx) = mpsc::unbounded();
                 if req.uri().path().ends_with("/Watch") {
                     watches.unbounded_send(tx).unwrap();
                 } else {
                     tx.unbounded_send(Ok(serving())).unwrap();
-                    tx.unbounded_send(Ok(status("0"))).unwrap();
+                    tx.unbounded_send(Ok(status(*check.lock().unwrap())))
+                        .unwrap();
                 }
                 let res = Response::builder()
                     .header("content-type", "application/grpc")
@@ -152,6 +163,8 @@ async fn a_healthy_watch_that_probes_settles_the_breaker_at_its_first_message() 
     let frames = bounded(watches.next()).await.unwrap();
     frames.unbounded_send(Ok(serving())).unwrap();
     assert!(bounded(watch.message()).await.unwrap().is_some());
+    // Nothing more is ready: the response streams, and the probe is judged.
+    assert!(watch.message().now_or_never().is_none());
     assert_eq!(handle.state(), State::Closed);
 
     // An hour later the stream still lives, and unary calls flow.
@@ -192,6 +205,7 @@ async fn judged_as_a_whole_a_streaming_probe_holds_the_breaker_half_open() {
     let frames = bounded(watches.next()).await.unwrap();
     frames.unbounded_send(Ok(serving())).unwrap();
     assert!(bounded(watch.message()).await.unwrap().is_some());
+    assert!(watch.message().now_or_never().is_none());
     assert_eq!(handle.state(), State::HalfOpen);
     time.advance(Duration::from_secs(3_600));
     let refused = bounded(client.check(request())).await.unwrap_err();
@@ -227,6 +241,7 @@ async fn minute_long_streams(name: &str, judgement: StreamJudgement) -> State {
         let frames = bounded(watches.next()).await.unwrap();
         frames.unbounded_send(Ok(serving())).unwrap();
         assert!(bounded(watch.message()).await.unwrap().is_some());
+        assert!(watch.message().now_or_never().is_none());
         open.push((watch, frames));
     }
     time.advance(Duration::from_secs(60));
@@ -248,4 +263,67 @@ async fn a_minute_long_healthy_stream_is_not_a_slow_call() {
 async fn judged_as_a_whole_a_minute_long_stream_is_slow() {
     let state = minute_long_streams("stream-slow-whole", StreamJudgement::WholeStream).await;
     assert_eq!(state, State::Open);
+}
+
+/// A streaming probe judged at its start keeps its slot of the concurrency
+/// limit until the stream ends: the upstream never sees more than the limit.
+#[tokio::test]
+async fn a_streaming_probe_keeps_its_slot_until_the_stream_ends() {
+    use futures::StreamExt;
+    install_recorder();
+    let (addr, mut watches) = start_server().await;
+    let (clock, time) = Clock::manual();
+    let breaker = CircuitBreakerLayer::builder()
+        .name("stream-slot")
+        .clock(clock)
+        .consecutive_failures(1)
+        .half_open_permits(1)
+        .max_concurrent_calls(1)
+        .open_duration(Backoff::fixed(Duration::from_secs(1)))
+        .classifier(GrpcClassifier::new())
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let mut client = client(addr, breaker).await;
+    trip(&mut client, &mut watches, &time).await;
+
+    let mut watch = bounded(client.watch(request())).await.unwrap().into_inner();
+    let frames = bounded(watches.next()).await.unwrap();
+    frames.unbounded_send(Ok(serving())).unwrap();
+    assert!(bounded(watch.message()).await.unwrap().is_some());
+    assert!(watch.message().now_or_never().is_none());
+    assert_eq!(handle.state(), State::Closed);
+    // The stream still holds the only slot.
+    let refused = bounded(client.check(request())).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(refused.message(), "concurrency limit reached");
+    // Its end gives it back.
+    frames.unbounded_send(Ok(status("0"))).unwrap();
+    assert!(bounded(watch.message()).await.unwrap().is_none());
+    drop(watch);
+    bounded(client.check(request()))
+        .await
+        .expect("the slot came back");
+}
+
+/// A unary probe whose failing status follows its message at once is
+/// judged by that status, under either setting.
+#[tokio::test]
+async fn a_unary_probe_is_judged_by_its_status_under_either_setting() {
+    for (name, judgement) in [
+        ("unary-probe-first", StreamJudgement::FirstMessage),
+        ("unary-probe-whole", StreamJudgement::WholeStream),
+    ] {
+        install_recorder();
+        let check = Arc::new(Mutex::new("0"));
+        let (addr, mut watches) = start_server_with(check.clone()).await;
+        let (breaker, time) = probe_breaker(name, judgement);
+        let handle = breaker.handle();
+        let mut client = client(addr, breaker).await;
+        trip(&mut client, &mut watches, &time).await;
+        *check.lock().unwrap() = "14";
+        let failed = bounded(client.check(request())).await.unwrap_err();
+        assert_eq!(failed.code(), tonic::Code::Unavailable, "{name}");
+        assert_eq!(handle.state(), State::Open, "{name}");
+    }
 }

@@ -183,21 +183,24 @@ pub struct GrpcClassifier {
     streams: StreamJudgement,
 }
 
-/// When a gRPC response that streams (its first message arrives before its
-/// status) stops being timed, and when a half-open probe that streams is
-/// settled. Set with [`GrpcClassifier::stream_judgement`].
+/// When a gRPC response that streams stops being timed, and when a
+/// half-open probe that streams is judged. Set with
+/// [`GrpcClassifier::stream_judgement`].
 ///
-/// A unary answer is one message and its status, back to back: either
-/// setting judges it the same way.
+/// A response streams once, after its first message, its body has nothing
+/// more ready (the next read waits) or delivers a second message. A unary
+/// answer whose status follows its message at once (as servers send it) is
+/// judged by that status under either setting; one whose status comes
+/// later than its message counts as a stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StreamJudgement {
-    /// At the first message (the default). The call's duration, for the
-    /// slow-call policy and the duration histogram, is the time to its
-    /// first message, so a healthy hour-long Watch is not a slow call; a
-    /// half-open probe that streams counts as a success at its first
-    /// message and gives its permit back, so a long-lived stream never holds
-    /// the breaker half-open. The status at the end still judges every call
-    /// that is not a probe.
+    /// When it starts streaming (the default). The call's duration, for
+    /// the slow-call policy and the duration histogram, stops there, so a
+    /// healthy hour-long Watch is not a slow call; a half-open probe that
+    /// streams counts as a success then and gives its permit back (it
+    /// keeps a slot of a concurrency limit until the stream ends), so a
+    /// long-lived stream never holds the breaker half-open. The status at
+    /// the end still judges every call that is not a probe.
     #[default]
     FirstMessage,
     /// At the end of the stream: the whole stream is timed, and a probe

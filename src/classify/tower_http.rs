@@ -139,6 +139,7 @@ where
     C: ClassifyResponse + Clone + Send + Sync + 'static,
     C::FailureClass: FailureClassKind,
     C::ClassifyEos: Send + 'static,
+    B: Body,
 {
     type Response = Response<TowerHttpBody<B, C::ClassifyEos>>;
 
@@ -146,6 +147,12 @@ where
         let state = match self.classifier.clone().classify_response(&response) {
             ClassifiedResponse::Ready(result) => {
                 call.finish(outcome(result));
+                None
+            }
+            // A body already at its end has no trailers to wait for (a
+            // server may never poll it): judged now, as its end.
+            ClassifiedResponse::RequiresEos(eos) if response.body().is_end_stream() => {
+                call.finish(outcome(eos.classify_eos(None)));
                 None
             }
             ClassifiedResponse::RequiresEos(eos) => Some((eos, call)),
@@ -216,7 +223,9 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Until the call is judged, ask to be polled once more so the end of
+        // the stream is seen and judged, not dropped as ignored.
+        self.state.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

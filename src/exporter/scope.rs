@@ -357,9 +357,17 @@ pub(crate) fn collapses_kind(name: &str) -> bool {
 
 /// Whether `sample` is in `scope`.
 fn in_scope(scope: &Scope, sample: &Sample<'_>) -> bool {
+    // `name` names the breaker only in series without `service` (the
+    // resilience4j naming's); beside `service` it is another label (a
+    // global label, say).
+    let has_service = sample.labels.iter().any(|(label, _)| *label == "service");
     let mut names_a_service = false;
     for (label, value) in &sample.labels {
-        if SERVICE_LABELS.contains(label) {
+        let names = match *label {
+            "name" => !has_service,
+            other => SERVICE_LABELS.contains(&other),
+        };
+        if names {
             names_a_service = true;
             if !scope.allows(value) {
                 return false;
@@ -591,6 +599,18 @@ mod tests {
         fn glob_agrees_with_the_reference(pattern in pattern(), name in "[a-c_.:/-]{0,8}") {
             prop_assert_eq!(glob(pattern.as_bytes(), name.as_bytes()), reference_glob(pattern.as_bytes(), name.as_bytes()));
         }
+    }
+
+    #[test]
+    fn a_name_label_beside_service_does_not_name_the_breaker() {
+        // A global label `name` on a native series.
+        let text = "# TYPE circuit_breaker_state gauge\n\
+                    circuit_breaker_state{service=\"orders\",state=\"closed\",name=\"pod-1\"} 1\n\
+                    circuit_breaker_state{service=\"payments\",state=\"closed\",name=\"pod-1\"} 1\n";
+        let scope = Scope::services(["orders"]);
+        let out = render(text, &scope, &Redactor::with_secret(b"k")).unwrap();
+        assert!(out.contains("service=\"orders\""), "{out}");
+        assert!(!out.contains("payments"), "{out}");
     }
 
     #[test]
