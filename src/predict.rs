@@ -212,14 +212,14 @@ impl EarlyWarning {
     }
 
     /// The estimator of one breaker. Call [`validate`](Self::validate) first.
-    pub(crate) fn predictor(&self, policy: &Policy) -> Predictor {
-        let tau = self.tau().as_secs_f64();
+    pub(crate) fn predictor(&self, policy: &Policy, span: Option<Duration>) -> Predictor {
         Predictor {
             horizon: self.horizon,
             level: self.level,
             rearm: self.rearm(),
-            tau,
-            sample_every: duration_nanos(self.tau() / 100),
+            tau: self.smoothing.map(|d| d.as_secs_f64()),
+            span: span.map(|d| d.as_secs_f64()),
+            sample_every: duration_nanos(self.tau().min(MIN_TAU) / 100),
             thresholds: [policy.failure_rate, policy.slow_call_rate],
             minimum_calls: policy.minimum_calls.max(1),
             hooks: self.hooks.clone(),
@@ -279,11 +279,12 @@ pub struct Prediction {
     pub warning: bool,
 }
 
-/// Level and slope of one channel.
+/// Level, slope and acceleration of one channel.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Trend {
     level: f64,
     slope: f64,
+    accel: f64,
 }
 
 impl Trend {
@@ -295,22 +296,52 @@ impl Trend {
         let a = 1.0 - (-dt / tau).exp();
         let predicted = self.level + self.slope * dt;
         let level = predicted + a * (x - predicted);
-        self.slope += a * ((level - self.level) / dt - self.slope);
+        let slope = self.slope + a * ((level - self.level) / dt - self.slope);
+        // The slope's own trend (its time constant a little shorter): how fast the
+        // window's rate bends upwards while a ramp fills the window.
+        let b = 1.0 - (-dt / (ACCEL_SHARE * tau)).exp();
+        self.accel += b * ((slope - self.slope) / dt - self.accel);
+        self.slope = slope;
         self.level = level;
     }
 
-    /// `(risk, time_to_trip in seconds)` against `threshold`, `horizon` seconds out.
-    fn project(&self, threshold: f64, horizon: f64) -> (f64, Option<f64>) {
+    /// `(risk, time_to_trip in seconds)` against `threshold`, `horizon`
+    /// seconds out, for a window spanning `span` seconds (if known).
+    fn project(&self, threshold: f64, horizon: f64, span: Option<f64>) -> (f64, Option<f64>) {
         let ahead = self.level + self.slope.max(0.0) * horizon;
         let risk = (ahead / threshold).clamp(0.0, 1.0);
         let time = if self.level >= threshold {
             Some(0.0)
-        } else if self.slope > 0.0 {
-            Some((threshold - self.level) / self.slope)
         } else {
-            None
+            self.time_to(threshold, span)
         };
         (risk, time)
+    }
+
+    /// When the rate reaches `threshold`. A ramp of the failure probability
+    /// shows in a time window's rate as a curve bending upwards for one
+    /// span (the slope grows while the ramp fills the window), then as a
+    /// straight line: follow the acceleration for what is left of the span,
+    /// then the slope reached.
+    fn time_to(&self, threshold: f64, span: Option<f64>) -> Option<f64> {
+        let gap = threshold - self.level;
+        let bend = match span {
+            Some(span) if self.accel > 0.0 && self.slope > 0.0 => {
+                (span - self.slope / self.accel).clamp(0.0, span)
+            }
+            _ => 0.0,
+        };
+        if bend > 0.0 {
+            // level + slope·u + accel·u²/2 = threshold, for u in [0, bend].
+            let (s, a) = (self.slope, self.accel);
+            let u = 2.0 * gap / (s + (s * s + 2.0 * a * gap).sqrt());
+            if u <= bend {
+                return Some(u);
+            }
+            let reached = s * bend + 0.5 * a * bend * bend;
+            return Some(bend + (gap - reached) / (s + a * bend));
+        }
+        (self.slope > 0.0).then(|| gap / self.slope)
     }
 }
 
@@ -323,6 +354,16 @@ struct Estimate {
     latest: Option<Prediction>,
 }
 
+/// The shortest adaptive time constant.
+const MIN_TAU: Duration = Duration::from_secs(3);
+
+/// The share of the threshold the window's noise may move the projection
+/// by (one standard deviation), under adaptive smoothing.
+const NOISE_SHARE: f64 = 0.22;
+
+/// The acceleration's time constant, as a share of the level's and slope's.
+const ACCEL_SHARE: f64 = 0.7;
+
 const CHANNELS: [Reason; 2] = [Reason::FailureRate, Reason::SlowCallRate];
 
 /// The trend estimator of one breaker.
@@ -330,8 +371,10 @@ pub(crate) struct Predictor {
     horizon: Duration,
     level: f64,
     rearm: f64,
-    /// Seconds.
-    tau: f64,
+    /// The smoothing time constant set, in seconds; `None`: adaptive.
+    tau: Option<f64>,
+    /// A time window's span, in seconds.
+    span: Option<f64>,
     sample_every: u64,
     thresholds: [Option<f64>; 2],
     minimum_calls: u64,
@@ -355,6 +398,24 @@ impl fmt::Debug for Predictor {
 }
 
 impl Predictor {
+    /// The smoothing time constant for a rate `x` over `calls` calls: the
+    /// one set, or the shortest that keeps the window's sampling noise out
+    /// of the projection. A rate over `n` calls wobbles by
+    /// `σ = √(x(1-x)/n)`; a slope read over `τ` seconds by about `√2·σ/τ`,
+    /// which the projection multiplies by the horizon. Keeping that below
+    /// a fraction of the threshold sets `τ`, between `MIN_TAU` and the horizon.
+    fn tau(&self, x: f64, calls: u64, threshold: f64) -> f64 {
+        if let Some(tau) = self.tau {
+            return tau;
+        }
+        let n = calls.max(1) as f64;
+        let x = x.clamp(1.0 / n, 0.5);
+        let sigma = (x * (1.0 - x) / n).sqrt();
+        let horizon = self.horizon.as_secs_f64();
+        let tau = horizon * std::f64::consts::SQRT_2 * sigma / (NOISE_SHARE * threshold);
+        tau.clamp(MIN_TAU.as_secs_f64().min(horizon), horizon)
+    }
+
     /// The latest projected risk, `0..=1`.
     pub(crate) fn projected(&self) -> f64 {
         f64::from_bits(self.projected.load(Ordering::Relaxed))
@@ -413,12 +474,14 @@ impl Predictor {
                 None => {
                     *trend = Trend {
                         level: rates[i],
-                        slope: 0.0,
+                        ..Trend::default()
                     }
                 }
-                Some(dt) => trend.observe(rates[i], dt, self.tau),
+                Some(dt) => {
+                    trend.observe(rates[i], dt, self.tau(rates[i], counts.calls, threshold))
+                }
             }
-            let (risk, time) = trend.project(threshold, horizon);
+            let (risk, time) = trend.project(threshold, horizon, self.span);
             if best.is_none_or(|(_, r, _)| risk > r) {
                 best = Some((i, risk, time));
             }
@@ -513,20 +576,23 @@ mod tests {
         let t = Trend {
             level: 0.3,
             slope: 0.002,
+            accel: 0.0,
         };
-        let (risk, time) = t.project(0.5, 60.0);
+        let (risk, time) = t.project(0.5, 60.0, None);
         assert!((risk - 0.84).abs() < 1e-9);
         assert!((time.unwrap() - 100.0).abs() < 1e-9);
         let falling = Trend {
             level: 0.3,
             slope: -0.01,
+            accel: 0.0,
         };
-        assert_eq!(falling.project(0.5, 60.0), (0.6, None));
+        assert_eq!(falling.project(0.5, 60.0, None), (0.6, None));
         let over = Trend {
             level: 0.6,
             slope: 0.0,
+            accel: 0.0,
         };
-        assert_eq!(over.project(0.5, 60.0), (1.0, Some(0.0)));
+        assert_eq!(over.project(0.5, 60.0, None), (1.0, Some(0.0)));
     }
 
     fn policy() -> Policy {
@@ -589,7 +655,7 @@ mod tests {
         let p = EarlyWarning::new()
             .horizon(Duration::from_secs(10))
             .smoothing(Duration::from_millis(1))
-            .predictor(&policy());
+            .predictor(&policy(), None);
         let svc: Arc<str> = "x".into();
         let sec = 1_000_000_000;
         let mut fired = 0;
