@@ -104,6 +104,16 @@ enum WindowConfig {
     Time { span: Duration, buckets: usize },
 }
 
+impl WindowConfig {
+    /// A time window's span (the early warning bends its projection over it).
+    fn span(&self) -> Option<Duration> {
+        match self {
+            WindowConfig::Time { span, .. } => Some(*span),
+            WindowConfig::Count(_) => None,
+        }
+    }
+}
+
 /// Configures a [`CircuitBreakerLayer`]. Setters take and return the builder;
 /// [`build`](Builder::build) checks everything and names the field at fault.
 ///
@@ -729,7 +739,7 @@ impl Template {
         let predictor = self
             .early_warning
             .as_ref()
-            .map(|w| w.predictor(&self.machine.policy));
+            .map(|w| w.predictor(&self.machine.policy, self.window.span()));
         let (machine, state) = match judged {
             true => (
                 Machine::new(self.machine.clone(), window, seed),
