@@ -59,24 +59,31 @@ pin_project! {
     /// assert_eq!(layer.handle().state(), State::Open);
     /// # }
     /// ```
-    pub struct GrpcBody<B> {
+    pub struct GrpcBody<B>
+    where
+        B: Body,
+    {
         #[pin]
         inner: B,
         call: Option<InFlight>,
         classifier: GrpcClassifier,
         // Messages seen, up to 2; 2 also once the response streams.
         messages: u8,
+        // A frame read ahead of the reader, after the first message, to see
+        // whether more was ready (a unary answer's status) or not (a stream).
+        next: Option<Option<Result<Frame<B::Data>, B::Error>>>,
     }
 }
 
 #[cfg(feature = "grpc")]
-impl<B> GrpcBody<B> {
+impl<B: Body> GrpcBody<B> {
     pub(crate) fn new(inner: B, call: InFlight, classifier: GrpcClassifier) -> Self {
         GrpcBody {
             inner,
             call: Some(call),
             classifier,
             messages: 0,
+            next: None,
         }
     }
 
@@ -87,6 +94,7 @@ impl<B> GrpcBody<B> {
             call: None,
             classifier: GrpcClassifier::new(),
             messages: 0,
+            next: None,
         }
     }
 
@@ -113,26 +121,40 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         let streams = this.classifier.settles_at_first_message();
-        let frame = match this.inner.poll_frame(cx) {
-            Poll::Pending => {
-                // After its first message, nothing more is ready: the
-                // response streams (see `StreamJudgement`).
-                if streams && *this.messages == 1 {
-                    *this.messages = 2;
-                    *this.call = this.call.take().map(InFlight::streaming);
+        let frame = match this.next.take() {
+            Some(frame) => frame,
+            None => match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => {
+                    // After its first message, nothing more is ready: the
+                    // response streams (see `StreamJudgement`).
+                    if streams && *this.messages == 1 {
+                        *this.messages = 2;
+                        *this.call = this.call.take().map(InFlight::streaming);
+                    }
+                    return Poll::Pending;
                 }
-                return Poll::Pending;
-            }
-            Poll::Ready(frame) => frame,
+                Poll::Ready(frame) => frame,
+            },
         };
         let call = match &frame {
             Some(Ok(data)) if !data.is_trailers() => {
-                // A second message: the response streams.
                 if *this.messages < 2 {
                     *this.messages += 1;
-                    if streams && *this.messages == 2 {
+                    if streams && *this.messages == 1 && this.call.is_some() {
+                        // The first message: read ahead once, now, so that
+                        // whether the response streams does not wait for
+                        // the reader to ask for more.
+                        match this.inner.as_mut().poll_frame(cx) {
+                            Poll::Pending => {
+                                *this.messages = 2;
+                                *this.call = this.call.take().map(InFlight::streaming);
+                            }
+                            Poll::Ready(next) => *this.next = Some(next),
+                        }
+                    } else if streams && *this.messages == 2 {
+                        // A second message: the response streams.
                         *this.call = this.call.take().map(InFlight::streaming);
                     }
                 }
@@ -154,9 +176,10 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        // Until the call is finished, ask to be polled once more so the end
-        // of the stream is seen and judged, not dropped as ignored.
-        self.call.is_none() && self.inner.is_end_stream()
+        // Until the call is finished (and what was read ahead handed on),
+        // ask to be polled once more so the end of the stream is seen and
+        // judged, not dropped as ignored.
+        self.call.is_none() && self.next.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -165,7 +188,7 @@ where
 }
 
 #[cfg(feature = "grpc")]
-impl<B> fmt::Debug for GrpcBody<B> {
+impl<B: Body> fmt::Debug for GrpcBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrpcBody")
             .field("finished", &self.call.is_none())

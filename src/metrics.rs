@@ -440,6 +440,13 @@ fn prefixes() -> std::sync::MutexGuard<'static, Prefixes> {
 /// Whether `family` is the name of a metric family breakers report (with
 /// the default prefix or any prefix configured in this process).
 pub(crate) fn is_breaker_family(family: &str) -> bool {
+    family_naming(family).is_some()
+}
+
+/// The naming of a family breakers report, if it is one: which label names
+/// the breaker in it (`service`, or `name` under the resilience4j naming).
+/// The default prefix is recognised without a lock.
+pub(crate) fn family_naming(family: &str) -> Option<MetricsNaming> {
     let known = |naming: MetricsNaming, suffix: &str| match naming {
         MetricsNaming::Native => FAMILIES.iter().any(|f| f.0 == suffix),
         MetricsNaming::Resilience4j => resilience4j::SUFFIXES.contains(&suffix),
@@ -450,8 +457,13 @@ pub(crate) fn is_breaker_family(family: &str) -> bool {
             .and_then(|rest| rest.strip_prefix('_'))
             .is_some_and(|suffix| known(naming, suffix))
     };
-    matches(DEFAULT_PREFIX, MetricsNaming::Native)
-        || prefixes().iter().any(|(naming, p)| matches(p, *naming))
+    if matches(DEFAULT_PREFIX, MetricsNaming::Native) {
+        return Some(MetricsNaming::Native);
+    }
+    prefixes()
+        .iter()
+        .find(|(naming, p)| matches(p, *naming))
+        .map(|(naming, _)| *naming)
 }
 
 impl Names {

@@ -441,7 +441,9 @@ impl Predictor {
         if let Some(tau) = self.tau {
             return tau;
         }
-        let n = calls.max(1) as f64;
+        // At least two calls: `1/n` must stay below the upper bound, or the
+        // clamp panics (a time window holding one call, `minimum_calls(1)`).
+        let n = calls.max(2) as f64;
         let x = x.clamp(1.0 / n, 0.5);
         let sigma = (x * (1.0 - x) / n).sqrt();
         let horizon = self.horizon.as_secs_f64();
@@ -483,8 +485,14 @@ impl Predictor {
         if now < self.due.load(Ordering::Relaxed) || counts.calls < self.minimum_calls {
             return None;
         }
-        let Ok(mut state) = self.state.try_lock() else {
-            return None;
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            // A hook that panicked while holding it leaves the state as it
+            // was: keep using it.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return None;
+            }
         };
         if state
             .last

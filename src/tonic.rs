@@ -183,7 +183,7 @@ mod tests {
         use crate::classify::{Classify, GrpcClassifier};
         use crate::{FailureKind, Outcome};
         let judge = |e: &(dyn std::error::Error + 'static)| {
-            <GrpcClassifier as Classify<http::Response<()>>>::classify_error(
+            <GrpcClassifier as Classify<http::Response<http_body_util::Empty<bytes::Bytes>>>>::classify_error(
                 &GrpcClassifier::new(),
                 e,
             )

@@ -493,3 +493,25 @@ async fn each_crossing_logs_one_warning() {
     assert_eq!(run.warnings.len(), 2);
     assert_eq!(count.load(Ordering::Relaxed), 2);
 }
+
+/// A time window holding a single call (`minimum_calls(1)`, a quiet
+/// service) is observed without a panic, and the estimator keeps working.
+#[tokio::test]
+async fn a_window_of_one_call_is_observed_quietly() {
+    let (clock, manual) = tower_breaker::Clock::manual();
+    let layer = tower_breaker::CircuitBreakerLayer::builder()
+        .name("predict-one-call")
+        .failure_rate(0.5)
+        .minimum_calls(1)
+        .time_window(std::time::Duration::from_secs(2), 2)
+        .clock(clock)
+        .early_warning(tower_breaker::EarlyWarning::new())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    for _ in 0..3 {
+        manual.advance(std::time::Duration::from_secs(5));
+        svc.ready().await.unwrap().call(()).await.unwrap();
+    }
+    assert!(layer.handle().prediction().is_some());
+}

@@ -188,7 +188,8 @@ pub struct GrpcClassifier {
 /// [`GrpcClassifier::stream_judgement`].
 ///
 /// A response streams once, after its first message, its body has nothing
-/// more ready (the next read waits) or delivers a second message. A unary
+/// more ready (read ahead at once, whether or not the reader asks for more)
+/// or delivers a second message. A unary
 /// answer whose status follows its message at once (as servers send it) is
 /// judged by that status under either setting; one whose status comes
 /// later than its message counts as a stream.
@@ -344,7 +345,7 @@ fn pushback(metadata: &HeaderMap) -> Option<Duration> {
     parse::grpc_retry_pushback_ms(value.as_bytes()).filter(|d| !d.is_zero())
 }
 
-impl<B> Classify<Response<B>> for GrpcClassifier {
+impl<B: http_body::Body> Classify<Response<B>> for GrpcClassifier {
     type Response = Response<GrpcBody<B>>;
 
     fn classify_response(&self, response: Response<B>, call: InFlight) -> Self::Response {

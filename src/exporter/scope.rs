@@ -329,9 +329,14 @@ fn siphasher(k0: u64, k1: u64) -> std::hash::SipHasher {
 pub(crate) const AGGREGATE_ERROR_RATE_HELP: &str =
     "Failed over judged requests, summed over the services since start (aggregate view).";
 
-/// The labels that name services: the breaker (`service`, or `name` under
-/// the resilience4j naming) and the upstream of a dependency edge.
-pub(crate) const SERVICE_LABELS: [&str; 3] = ["service", "name", "upstream"];
+/// The labels that name services in a breaker family's series: the
+/// breaker's (`service`, or `name` under the resilience4j naming) and the
+/// upstream of a dependency edge. Any other `service` or `name` label (a
+/// global label, say) names nothing.
+pub(crate) fn service_labels(family: &str) -> [&'static str; 2] {
+    let naming = crate::metrics::family_naming(family).unwrap_or_default();
+    [naming.breaker_label(), "upstream"]
+}
 
 /// The labels that name the breaker a series is of.
 pub(crate) const BREAKER_LABELS: [&str; 2] = ["service", "name"];
@@ -356,18 +361,11 @@ pub(crate) fn collapses_kind(name: &str) -> bool {
 }
 
 /// Whether `sample` is in `scope`.
-fn in_scope(scope: &Scope, sample: &Sample<'_>) -> bool {
-    // `name` names the breaker only in series without `service` (the
-    // resilience4j naming's); beside `service` it is another label (a
-    // global label, say).
-    let has_service = sample.labels.iter().any(|(label, _)| *label == "service");
+fn in_scope(scope: &Scope, family: &Family<'_>, sample: &Sample<'_>) -> bool {
+    let names = service_labels(family.name);
     let mut names_a_service = false;
     for (label, value) in &sample.labels {
-        let names = match *label {
-            "name" => !has_service,
-            other => SERVICE_LABELS.contains(&other),
-        };
-        if names {
+        if names.contains(label) {
             names_a_service = true;
             if !scope.allows(value) {
                 return false;
@@ -400,7 +398,7 @@ pub(crate) fn render(
                 let kept: Vec<&Sample<'_>> = family
                     .samples
                     .iter()
-                    .filter(|s| in_scope(scope, s))
+                    .filter(|s| in_scope(scope, family, s))
                     .collect();
                 if kept.is_empty() {
                     continue;
@@ -421,7 +419,7 @@ pub(crate) fn render(
                     && family.samples.iter().any(|s| s.label("kind").is_some());
                 let mut merged = Merged::default();
                 let mut wrote_metadata = false;
-                for sample in family.samples.iter().filter(|s| in_scope(scope, s)) {
+                for sample in family.samples.iter().filter(|s| in_scope(scope, family, s)) {
                     if sample.label("upstream").is_some() {
                         continue; // dependency edges are hidden
                     }
@@ -527,7 +525,7 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
     let mut failures: BTreeMap<&str, f64> = BTreeMap::new();
     let mut judged: BTreeMap<&str, f64> = BTreeMap::new();
     for family in families {
-        for sample in family.samples.iter().filter(|s| in_scope(scope, s)) {
+        for sample in family.samples.iter().filter(|s| in_scope(scope, family, s)) {
             if let Some(prefix) = sample.name.strip_suffix("_failures_total") {
                 *failures.entry(prefix).or_default() += sample.value;
             }
@@ -541,7 +539,7 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
     for family in families {
         if family.kind == Kind::Gauge {
             if let Some(prefix) = family.name.strip_suffix("_error_rate") {
-                let in_view = family.samples.iter().any(|s| in_scope(scope, s));
+                let in_view = family.samples.iter().any(|s| in_scope(scope, family, s));
                 if in_view {
                     let calls = judged.get(prefix).copied().unwrap_or(0.0);
                     let failed = failures.get(prefix).copied().unwrap_or(0.0);
@@ -574,7 +572,7 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
             Combine::Sum
         };
         let mut merged = Merged::default();
-        for sample in family.samples.iter().filter(|s| in_scope(scope, s)) {
+        for sample in family.samples.iter().filter(|s| in_scope(scope, family, s)) {
             if sample.label("upstream").is_some() || sample.label("quantile").is_some() {
                 // Dependency edges name services; quantiles do not add up.
                 continue;

@@ -19,8 +19,8 @@ use super::{
 };
 use crate::exporter::protobuf::parse_labels;
 use crate::exporter::scope::{
-    Redactor, Scope, View, AGGREGATE_ERROR_RATE_HELP, BREAKER_LABELS, MAX_GAUGES, REDACTED_LABELS,
-    SERVICE_LABELS,
+    service_labels, Redactor, Scope, View, AGGREGATE_ERROR_RATE_HELP, BREAKER_LABELS, MAX_GAUGES,
+    REDACTED_LABELS,
 };
 
 /// What a scope decided about each owner slot, and their redacted ids,
@@ -86,13 +86,14 @@ impl<'a> Owned<'a> {
 
     /// Whether a series is in the scope: every service it names is, and it
     /// names one.
-    fn in_scope(&self, global: &str, family: &Family, series: &Series) -> bool {
+    fn in_scope(&self, global: &str, name: &str, family: &Family, series: &Series) -> bool {
         if series.flags() & FACTORED != 0 {
             return self.allows(series.owner);
         }
+        let names = service_labels(name);
         let mut named = false;
-        for (name, value) in parse_labels(family.labels_of(series)) {
-            if SERVICE_LABELS.contains(&name.as_ref()) {
+        for (label, value) in parse_labels(family.labels_of(series)) {
+            if names.contains(&label.as_ref()) {
                 named = true;
                 if !self.scope.allows(&value) {
                     return false;
@@ -187,7 +188,7 @@ impl Store {
                 for (name, family) in &state.families {
                     let mut wrote = false;
                     for (i, series) in family.series.iter().enumerate() {
-                        if !owned.in_scope(global, family, series) {
+                        if !owned.in_scope(global, name, family, series) {
                             continue;
                         }
                         if !wrote {
@@ -225,7 +226,7 @@ impl Store {
         let mut merged: IndexMap<String, f64> = IndexMap::new();
         let mut wrote = false;
         for (i, series) in family.series.iter().enumerate() {
-            if !owned.in_scope(global, family, series) {
+            if !owned.in_scope(global, name, family, series) {
                 continue;
             }
             let fast = series.flags() & (FACTORED | REDACT_SAFE) == FACTORED | REDACT_SAFE;
@@ -316,7 +317,7 @@ impl Store {
                 continue;
             }
             for (i, series) in family.series.iter().enumerate() {
-                if !owned.in_scope(global, family, series) {
+                if !owned.in_scope(global, name, family, series) {
                     continue;
                 }
                 if let Some(prefix) = failures_of {
@@ -336,7 +337,7 @@ impl Store {
                 let in_view = family
                     .series
                     .iter()
-                    .any(|s| owned.in_scope(global, family, s));
+                    .any(|s| owned.in_scope(global, name, family, s));
                 if in_view {
                     let calls = judged.get(prefix).copied().unwrap_or(0.0);
                     let failed = failures.get(prefix).copied().unwrap_or(0.0);
@@ -366,7 +367,7 @@ impl Store {
             let mut histograms: IndexMap<(bool, Cow<'_, str>), Summed> = IndexMap::new();
             let stride = family.stride();
             for (i, series) in family.series.iter().enumerate() {
-                if !owned.in_scope(global, family, series) {
+                if !owned.in_scope(global, name, family, series) {
                     continue;
                 }
                 let key: (bool, Cow<'_, str>) = if series.flags() & FACTORED != 0 {
