@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tower::BoxError;
+
 use crate::capacity::{refuses, Capacity, FleetMember};
 use crate::classify::{FailureKind, Outcome};
 use crate::clock::Clock;
@@ -251,15 +253,40 @@ impl Breaker {
     /// Starts a call with the ticket `poll_ready` took. A ticket that no
     /// longer stands (the breaker moved since, or it is deferred: a probe,
     /// a shadow call) is decided again now.
-    #[inline]
-    pub(crate) fn start(self: &Arc<Self>, ticket: Ticket) -> Result<InFlight, CircuitOpen> {
-        if self.machine.stands(ticket) {
-            if self.capacity.is_some() {
-                return self.permitted(ticket);
-            }
+    #[inline(always)]
+    pub(crate) fn start(self: &Arc<Self>, ticket: Ticket) -> Result<InFlight, BoxError> {
+        if self.machine.stands(ticket) && self.capacity.is_none() {
             return Ok(self.in_flight(ticket));
         }
-        self.admit()
+        self.start_slow(ticket)
+    }
+
+    /// [`start`](Self::start) under a concurrency limit, or with a ticket
+    /// that no longer stands: out of line, so the service's `call` stays
+    /// small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn start_slow(self: &Arc<Self>, ticket: Ticket) -> Result<InFlight, BoxError> {
+        let started = if self.machine.stands(ticket) {
+            self.permitted(ticket)
+        } else {
+            self.admit()
+        };
+        started.map_err(boxed)
+    }
+
+    /// A `call` without a ticket: the refusal `poll_ready` decided, or (no
+    /// `poll_ready` before it) an admission now. Out of line.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn start_unready(
+        self: &Arc<Self>,
+        refusal: Option<Refusal>,
+    ) -> Result<InFlight, BoxError> {
+        match refusal {
+            Some(refusal) => Err(boxed(self.refused(refusal))),
+            None => self.admit().map_err(boxed),
+        }
     }
 
     /// A call the breaker admitted, under the concurrency limit (there is
@@ -373,9 +400,9 @@ impl Breaker {
                 }
                 Ok(call)
             }
-            Admission::Rejected { state, retry_after } => {
+            Admission::Rejected { state, left } => {
                 self.handles().rejected(state);
-                Err(CircuitOpen::new(self.service().clone(), state, retry_after))
+                Err(CircuitOpen::refused(self.service().clone(), state, left))
             }
         }
     }
@@ -386,7 +413,7 @@ impl Breaker {
     pub(crate) fn refused(&self, refusal: Refusal) -> CircuitOpen {
         self.machine.count_refusal();
         self.handles().rejected(refusal.state);
-        CircuitOpen::new(self.service().clone(), refusal.state, refusal.retry_after)
+        CircuitOpen::refused(self.service().clone(), refusal.state, refusal.left)
     }
 
     /// The record of a call starting now.
@@ -411,16 +438,19 @@ impl Breaker {
     /// [`stamp`](Self::stamp), with the time it read, if it read one.
     #[inline(always)]
     fn stamp_timed(&self) -> (Stamp, Option<u64>) {
-        let (slot, times_calls) = self.metrics.current_slot(|h| self.sync_gauges(h));
+        let (slot, times_calls, noop) = self.metrics.current_slot(|h| self.sync_gauges(h));
         let timed = self.timed || times_calls;
         let start = if timed { self.clock.now() } else { 0 };
-        (Stamp::started(start, slot, timed), timed.then_some(start))
+        (
+            Stamp::started(start, slot, timed, noop),
+            timed.then_some(start),
+        )
     }
 
     /// Records a call's outcome. The hot path (a plain success in Closed
     /// that is not slow, over a count window) stays inline; the rest is out
     /// of line.
-    #[inline]
+    #[inline(always)]
     fn finish(&self, ticket: Ticket, stamp: Stamp, outcome: Outcome) {
         // The call's slot of the concurrency limit, if it holds one.
         self.give_slot(stamp);
@@ -428,7 +458,7 @@ impl Breaker {
         if matches!(outcome, Outcome::Success) {
             if !stamp.timed() {
                 if let Some(changed) = self.machine.record_plain_success(ticket) {
-                    return self.recorded(ticket, stamp.slot(), None, changed, None);
+                    return self.recorded(ticket, stamp, None, changed, None);
                 }
             } else if !self.time_window {
                 let now = self.clock.now();
@@ -437,7 +467,7 @@ impl Breaker {
                 if !self.machine.policy().is_slow(elapsed) {
                     if let Some(changed) = self.machine.record_plain_success(ticket) {
                         let seconds = Some(elapsed as f64 * 1e-9);
-                        return self.recorded(ticket, stamp.slot(), seconds, changed, end);
+                        return self.recorded(ticket, stamp, seconds, changed, end);
                     }
                 }
             }
@@ -445,16 +475,22 @@ impl Breaker {
         self.finish_slow(ticket, stamp, outcome, end);
     }
 
-    /// Counts a success the machine has recorded on the hot path.
-    #[inline]
+    /// Counts a success the machine has recorded on the hot path: nothing
+    /// to do for the no-op recorder's handles when the window's totals
+    /// did not change.
+    #[inline(always)]
     fn recorded(
         &self,
         ticket: Ticket,
-        slot: u8,
+        stamp: Stamp,
         seconds: Option<f64>,
         changed: bool,
         end: Option<u64>,
     ) {
+        if stamp.0 & Stamp::NOOP != 0 && !changed {
+            return;
+        }
+        let slot = stamp.slot();
         match self.metrics.cached(slot) {
             Some(handles) if !changed => handles.finished(Outcome::Success, seconds),
             _ => self.recorded_success(ticket, slot, seconds, changed, end),
@@ -465,6 +501,7 @@ impl Breaker {
     /// handles were not cached, or the window's totals changed (a window
     /// filling up, or a failure pushed out), which the policies judge.
     #[cold]
+    #[inline(never)]
     fn recorded_success(
         &self,
         ticket: Ticket,
@@ -633,6 +670,12 @@ impl Observer for Breaker {
     }
 }
 
+/// A refusal as the `BoxError` it travels as: its one allocation.
+#[inline]
+fn boxed(error: CircuitOpen) -> BoxError {
+    Box::new(error)
+}
+
 /// The transitions whose counters exist from the start, at zero, so that
 /// `increase()` sees the first of each: a trip for every enabled policy, and
 /// the half-open round trip.
@@ -704,9 +747,12 @@ pub struct InFlight {
 /// Bits 0..56 hold the start (clock nanoseconds modulo 2^56, about 833
 /// days; durations are taken modulo the same, so they are exact for any
 /// call shorter than that), bits 56..59 the metric handles' slot, then the
-/// timed and finished flags.
+/// timed, finished, holds-slot, settled and no-op flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp(u64);
+
+// UNCACHED keeps no slot in a stamp: it reads back as the mask.
+const _: () = assert!(crate::metrics::UNCACHED as u64 & Stamp::SLOT_MASK == Stamp::SLOT_MASK);
 
 impl Stamp {
     const START_MASK: u64 = (1 << 56) - 1;
@@ -717,13 +763,17 @@ impl Stamp {
     const HOLDS_SLOT: u64 = 1 << 61;
     /// The call's duration is settled: the low bits hold it, not the start.
     const SETTLED: u64 = 1 << 62;
+    /// The call's handles are the no-op recorder's: a success that changes
+    /// nothing in the window has nothing to count.
+    const NOOP: u64 = 1 << 63;
 
     #[inline(always)]
-    fn started(start: u64, slot: u8, timed: bool) -> Self {
-        // Slots past the mask (UNCACHED) read back as the mask: no slot.
-        let slot = u64::from(slot).min(Self::SLOT_MASK);
+    fn started(start: u64, slot: u8, timed: bool, noop: bool) -> Self {
+        // UNCACHED (all ones) reads back as the mask: no slot.
+        let slot = u64::from(slot) & Self::SLOT_MASK;
         let timed = if timed { Self::TIMED } else { 0 };
-        Stamp(start & Self::START_MASK | slot << Self::SLOT_SHIFT | timed)
+        let noop = if noop { Self::NOOP } else { 0 };
+        Stamp(start & Self::START_MASK | slot << Self::SLOT_SHIFT | timed | noop)
     }
 
     #[inline]
@@ -766,7 +816,7 @@ impl Stamp {
 
 impl InFlight {
     /// Records the call's outcome.
-    #[inline]
+    #[inline(always)]
     pub fn finish(mut self, outcome: Outcome) {
         // Finished (and its slot given back, by `Breaker::finish`) before
         // the outcome is recorded: a state-change hook that panics while

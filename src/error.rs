@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::state::NO_RETRY_AFTER;
 use crate::State;
 
 /// The error returned when the breaker refuses a call.
@@ -25,17 +26,31 @@ pub struct CircuitOpen {
     // travels as, and that is its only allocation.
     service: Arc<str>,
     state: State,
-    retry_after: Option<Duration>,
+    /// The time left as of the refusal, in nanoseconds, or
+    /// [`NO_RETRY_AFTER`]: made a `Duration` only when asked.
+    left: u64,
     /// Refused for capacity: the concurrency limit.
     capacity: Option<u32>,
 }
 
 impl CircuitOpen {
+    #[cfg(test)]
     pub(crate) fn new(service: Arc<str>, state: State, retry_after: Option<Duration>) -> Self {
+        let left = retry_after.map_or(NO_RETRY_AFTER, |d| {
+            d.as_nanos().min(u128::from(NO_RETRY_AFTER - 1)) as u64
+        });
+        Self::refused(service, state, left)
+    }
+
+    /// A refusal with the time left in nanoseconds (see [`Refusal::left`]).
+    ///
+    /// [`Refusal::left`]: crate::state::Refusal
+    #[inline]
+    pub(crate) fn refused(service: Arc<str>, state: State, left: u64) -> Self {
         CircuitOpen {
             service,
             state,
-            retry_after,
+            left,
             capacity: None,
         }
     }
@@ -45,7 +60,7 @@ impl CircuitOpen {
         CircuitOpen {
             service,
             state,
-            retry_after: None,
+            left: NO_RETRY_AFTER,
             capacity: Some(limit),
         }
     }
@@ -77,7 +92,7 @@ impl CircuitOpen {
 
     /// How long until the breaker lets probes through, when known.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        (self.left != NO_RETRY_AFTER).then(|| Duration::from_nanos(self.left))
     }
 }
 

@@ -49,10 +49,14 @@ impl<F, C> ResponseFuture<F, C> {
     }
 
     pub(crate) fn rejected(error: CircuitOpen) -> Self {
+        Self::refused(Box::new(error))
+    }
+
+    /// A refusal already boxed as the error it travels as.
+    #[inline]
+    pub(crate) fn refused(error: BoxError) -> Self {
         ResponseFuture {
-            kind: Kind::Rejected {
-                error: Some(Box::new(error)),
-            },
+            kind: Kind::Rejected { error: Some(error) },
         }
     }
 }
@@ -65,6 +69,7 @@ where
 {
     type Output = Result<C::Response, BoxError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called {
@@ -76,11 +81,7 @@ where
                 let call = call.take().expect("ResponseFuture polled after completion");
                 Poll::Ready(match result {
                     Ok(response) => Ok(classifier.classify_response(response, call)),
-                    Err(error) => {
-                        let error: BoxError = error.into();
-                        call.finish(classifier.classify_error(&*error));
-                        Err(error)
-                    }
+                    Err(error) => Err(failed::<Res, _, _>(error, call, classifier)),
                 })
             }
             KindProj::Rejected { error } => Poll::Ready(Err(error
@@ -88,6 +89,19 @@ where
                 .expect("ResponseFuture polled after completion"))),
         }
     }
+}
+
+/// A call that failed, judged, with its error boxed: out of line, so the
+/// success path stays small enough to inline.
+#[inline(never)]
+fn failed<Res, E: Into<BoxError>, C: Classify<Res>>(
+    error: E,
+    call: InFlight,
+    classifier: &C,
+) -> BoxError {
+    let error: BoxError = error.into();
+    call.finish(classifier.classify_error(&*error));
+    error
 }
 
 impl<F, C> fmt::Debug for ResponseFuture<F, C> {

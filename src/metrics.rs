@@ -722,6 +722,7 @@ const OUTCOMES: [&str; 3] = ["success", "failure", "ignored"];
 const R4J_KINDS: [&str; 3] = ["successful", "failed", "ignored"];
 /// The binder's `kind` of the buffered calls.
 const R4J_BUFFERED: [&str; 2] = ["successful", "failed"];
+/// In the order [`Handles::rejected`] indexes them.
 const REJECTING: [State; 4] = [
     State::Open,
     State::HalfOpen,
@@ -941,10 +942,19 @@ impl Handles {
 
     /// Counts a refused call.
     pub(crate) fn rejected(&self, state: State) {
-        self.rejected.increment(1);
-        if let Some(i) = REJECTING.iter().position(|s| *s == state) {
-            self.rejections[i].increment(1);
+        if self.noop {
+            return;
         }
+        self.rejected.increment(1);
+        // The index in REJECTING, without searching it.
+        let i = match state {
+            State::Open => 0,
+            State::HalfOpen => 1,
+            State::ForcedOpen => 2,
+            State::MetricsOnly => 3,
+            State::Closed | State::Disabled => return,
+        };
+        self.rejections[i].increment(1);
     }
 
     /// Counts a call refused for capacity.
@@ -1212,16 +1222,27 @@ impl BreakerMetrics {
     }
 
     /// The slot of the current recorder's handles, as
-    /// [`current`](Self::current) finds it, and whether they time calls.
-    /// Handles already resolved are found inline.
+    /// [`current`](Self::current) finds it, whether they time calls, and
+    /// whether they are the no-op recorder's. Handles already resolved are
+    /// found inline.
     #[inline]
-    pub(crate) fn current_slot(&self, fresh: impl Fn(&Handles)) -> (u8, bool) {
+    pub(crate) fn current_slot(&self, fresh: impl Fn(&Handles)) -> (u8, bool, bool) {
         let recorder = current_recorder();
-        let (slot, handles) = match self.find(recorder) {
-            Some((slot, handles)) => (slot, HandlesRef::Cached(handles)),
-            None => self.insert(recorder, &fresh),
-        };
-        (slot, handles.times_calls())
+        match self.find(recorder) {
+            Some((slot, handles)) => (slot, handles.times_calls(), handles.is_noop()),
+            None => self.insert_slot(recorder, &fresh),
+        }
+    }
+
+    /// [`current_slot`](Self::current_slot) for a recorder not found.
+    /// Handles resolved for one use only are not called no-op: the call's
+    /// outcome then looks the recorder up again, as it always did.
+    #[cold]
+    #[inline(never)]
+    fn insert_slot(&self, recorder: usize, fresh: &impl Fn(&Handles)) -> (u8, bool, bool) {
+        let (slot, handles) = self.insert(recorder, fresh);
+        let noop = slot != UNCACHED && handles.is_noop();
+        (slot, handles.times_calls(), noop)
     }
 
     /// The slot holding `recorder`'s handles, among those resolved.

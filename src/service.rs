@@ -128,6 +128,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // A ticket stands while the breaker has not moved; a refusal is
         // decided afresh.
@@ -153,22 +154,20 @@ where
         }
     }
 
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         // Called without poll_ready: decide now, and leave the inner
         // service's readiness contract to the inner service.
         let started = match self.ticket.take() {
             Some(ticket) => self.breaker.start(ticket),
-            None => match self.refusal.take() {
-                Some(refusal) => Err(self.breaker.refused(refusal)),
-                None => self.breaker.admit(),
-            },
+            None => self.breaker.start_unready(self.refusal.take()),
         };
         match started {
-            Err(error) => ResponseFuture::rejected(error),
             Ok(call) => {
                 let future = self.inner.call(req);
                 ResponseFuture::called(future, call, self.classifier.clone())
             }
+            Err(error) => ResponseFuture::refused(error),
         }
     }
 }

@@ -384,7 +384,8 @@ pub(crate) enum Admission {
     Shadow(Ticket),
     Rejected {
         state: State,
-        retry_after: Option<Duration>,
+        /// When Open: the time left, in nanoseconds (see [`Refusal::left`]).
+        left: u64,
     },
 }
 
@@ -392,9 +393,14 @@ pub(crate) enum Admission {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
     pub(crate) state: State,
-    /// When Open: the time left, as of `poll_ready`.
-    pub(crate) retry_after: Option<Duration>,
+    /// When Open: the time left as of `poll_ready`, in nanoseconds;
+    /// [`NO_RETRY_AFTER`] otherwise. Made a `Duration` only when
+    /// [`CircuitOpen::retry_after`](crate::CircuitOpen::retry_after) asks.
+    pub(crate) left: u64,
 }
+
+/// [`Refusal::left`] when the time left is not known (not Open).
+pub(crate) const NO_RETRY_AFTER: u64 = u64::MAX;
 
 /// Half-open settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -554,13 +560,14 @@ impl Machine {
     }
 
     #[cold]
+    #[inline(never)]
     fn check_slow(&self, now: impl Fn() -> u64, obs: &dyn Observer) -> Result<Ticket, Refusal> {
         loop {
             let w = self.load();
             let epoch = w.epoch();
             let refusal = |state| Refusal {
                 state,
-                retry_after: None,
+                left: NO_RETRY_AFTER,
             };
             match w.mode() {
                 DISABLED => return Ok(Ticket::new(epoch, 0)),
@@ -575,7 +582,7 @@ impl Machine {
                     Some(left) => {
                         return Err(Refusal {
                             state: State::Open,
-                            retry_after: Some(left),
+                            left,
                         })
                     }
                 },
@@ -599,17 +606,12 @@ impl Machine {
     }
 
     /// In Open: half-opens if the open duration has elapsed (`None`: the
-    /// caller looks again), else the time left.
-    fn open_elapsed(
-        &self,
-        epoch: u64,
-        now: &impl Fn() -> u64,
-        obs: &dyn Observer,
-    ) -> Option<Duration> {
+    /// caller looks again), else the time left in nanoseconds (never 0).
+    fn open_elapsed(&self, epoch: u64, now: &impl Fn() -> u64, obs: &dyn Observer) -> Option<u64> {
         let now = now();
         let until = self.open_until.load(Ordering::Acquire);
         if now < until {
-            return Some(Duration::from_nanos(until - now));
+            return Some(until - now);
         }
         self.transition(
             Some(epoch),
@@ -655,6 +657,7 @@ impl Machine {
     }
 
     #[cold]
+    #[inline(never)]
     fn admit_slow(&self, now: impl Fn() -> u64, obs: &dyn Observer) -> Admission {
         loop {
             let w = self.load();
@@ -668,33 +671,33 @@ impl Machine {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
                     return Admission::Rejected {
                         state: State::ForcedOpen,
-                        retry_after: None,
+                        left: NO_RETRY_AFTER,
                     };
                 }
                 _ => {}
             }
             let shadow = w.mode() == METRICS_ONLY;
-            let refused = |state: State, retry_after: Option<Duration>| {
+            let refused = |state: State, left: u64| {
                 if shadow {
                     self.shadow_rejected.fetch_add(1, Ordering::Relaxed);
                     Admission::Shadow(Ticket::new(epoch, 0))
                 } else {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
-                    Admission::Rejected { state, retry_after }
+                    Admission::Rejected { state, left }
                 }
             };
             match w.machine() {
                 CLOSED => return Admission::Permitted(ticket),
                 OPEN => match self.open_elapsed(epoch, &now, obs) {
                     None => continue,
-                    Some(left) => return refused(State::Open, Some(left)),
+                    Some(left) => return refused(State::Open, left),
                 },
                 _ => {
                     if self.max_wait_elapsed(w, &now, obs) {
                         continue;
                     }
                     if w.admitted() >= self.config.half_open.permits {
-                        return refused(State::HalfOpen, None);
+                        return refused(State::HalfOpen, NO_RETRY_AFTER);
                     }
                     let next = w.0 + (1 << ADMITTED_SHIFT);
                     if self

@@ -175,7 +175,7 @@ pub struct DefaultClassifier;
 impl<Res> Classify<Res> for DefaultClassifier {
     type Response = Res;
 
-    #[inline]
+    #[inline(always)]
     fn classify_response(&self, response: Res, call: InFlight) -> Res {
         call.finish(Outcome::Success);
         response
