@@ -296,11 +296,8 @@ impl Breaker {
     #[cold]
     #[inline(never)]
     fn permitted(self: &Arc<Self>, ticket: Ticket) -> Result<InFlight, CircuitOpen> {
-        if let Some(capacity) = &self.capacity {
-            if capacity.try_acquire() {
-                self.capacity_changed(capacity);
-                let mut call = self.in_flight(ticket);
-                call.stamp = Stamp(call.stamp.0 | Stamp::HOLDS_SLOT);
+        if self.capacity.is_some() {
+            if let Some(call) = self.in_flight_with_slot(ticket) {
                 return Ok(call);
             }
             match self.machine.state() {
@@ -310,6 +307,19 @@ impl Breaker {
             }
         }
         Ok(self.in_flight(ticket))
+    }
+
+    /// The record of a call starting now that holds a slot of the
+    /// concurrency limit, if there is a limit and a slot is free.
+    fn in_flight_with_slot(self: &Arc<Self>, ticket: Ticket) -> Option<InFlight> {
+        let capacity = self.capacity.as_ref()?;
+        if !capacity.try_acquire() {
+            return None;
+        }
+        self.capacity_changed(capacity);
+        let mut call = self.in_flight(ticket);
+        call.stamp = Stamp(call.stamp.0 | Stamp::HOLDS_SLOT);
+        Some(call)
     }
 
     /// Gives a call's slot back, if it holds one: a test of a bit of the
@@ -393,12 +403,9 @@ impl Breaker {
                 // Passes whatever the limit says, already counted as a shadow
                 // refusal; it holds a slot if one is free.
                 self.handles().shadow_rejected();
-                let mut call = self.in_flight(ticket);
-                if let Some(capacity) = self.capacity.as_ref().filter(|c| c.try_acquire()) {
-                    self.capacity_changed(capacity);
-                    call.stamp = Stamp(call.stamp.0 | Stamp::HOLDS_SLOT);
-                }
-                Ok(call)
+                Ok(self
+                    .in_flight_with_slot(ticket)
+                    .unwrap_or_else(|| self.in_flight(ticket)))
             }
             Admission::Rejected { state, left } => {
                 self.handles().rejected(state);

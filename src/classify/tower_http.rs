@@ -4,7 +4,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_http::classify::{
@@ -12,7 +12,8 @@ use tower_http::classify::{
     StatusInRangeFailureClass,
 };
 
-use crate::classify::{Classify, FailureKind, Outcome};
+use crate::classify::http::status_kind;
+use crate::classify::{Classify, FailureKind, GrpcCode, Outcome};
 use crate::InFlight;
 
 /// A [tower-http](https://docs.rs/tower-http/0.6) classifier
@@ -22,8 +23,11 @@ use crate::InFlight;
 /// `TraceLayer` alike. tower-http 0.6, the version axum 0.8 uses.
 ///
 /// What tower-http calls a failure is a failure, of the kind
-/// [`FailureClassKind`] gives its class (`http_5xx`, `http_429`,
-/// `grpc_unavailable`, ...); the rest is a success. A response that
+/// [`FailureClassKind`] gives its class: a status as
+/// [`HttpClassifier`](crate::classify::HttpClassifier) names it (`http_5xx`,
+/// `http_429`, `http_4xx`, and `http_1xx` to `http_3xx` for a range of your
+/// own), a gRPC code as `grpc_<code>` (UNKNOWN outside 0..=16), an error
+/// class as `error`; the rest is a success. A response that
 /// tower-http can only judge at the end of its stream (gRPC without
 /// `grpc-status` in the headers) is judged then: its body is a
 /// [`TowerHttpBody`]. Errors of the inner service are sorted as the default
@@ -63,19 +67,10 @@ pub trait FailureClassKind {
     fn failure_kind(&self) -> FailureKind;
 }
 
-fn status_kind(status: StatusCode) -> FailureKind {
-    match status.as_u16() {
-        429 => FailureKind::HTTP_429,
-        500..=599 => FailureKind::HTTP_5XX,
-        400..=499 => FailureKind::HTTP_4XX,
-        _ => FailureKind::ERROR,
-    }
-}
-
 impl FailureClassKind for ServerErrorsFailureClass {
     fn failure_kind(&self) -> FailureKind {
         match self {
-            ServerErrorsFailureClass::StatusCode(status) => status_kind(*status),
+            ServerErrorsFailureClass::StatusCode(status) => status_kind(status.as_u16()),
             ServerErrorsFailureClass::Error(_) => FailureKind::ERROR,
         }
     }
@@ -84,7 +79,7 @@ impl FailureClassKind for ServerErrorsFailureClass {
 impl FailureClassKind for StatusInRangeFailureClass {
     fn failure_kind(&self) -> FailureKind {
         match self {
-            StatusInRangeFailureClass::StatusCode(status) => status_kind(*status),
+            StatusInRangeFailureClass::StatusCode(status) => status_kind(status.as_u16()),
             StatusInRangeFailureClass::Error(_) => FailureKind::ERROR,
         }
     }
@@ -102,29 +97,7 @@ impl FailureClassKind for GrpcFailureClass {
 /// The kind of a gRPC status code (`grpc_<code>`); codes outside the
 /// spec's 0..=16 count as UNKNOWN, as the spec says a client must.
 fn grpc_kind(code: i32) -> FailureKind {
-    const KINDS: [FailureKind; 17] = [
-        FailureKind::GRPC_OK,
-        FailureKind::GRPC_CANCELLED,
-        FailureKind::GRPC_UNKNOWN,
-        FailureKind::GRPC_INVALID_ARGUMENT,
-        FailureKind::GRPC_DEADLINE_EXCEEDED,
-        FailureKind::GRPC_NOT_FOUND,
-        FailureKind::GRPC_ALREADY_EXISTS,
-        FailureKind::GRPC_PERMISSION_DENIED,
-        FailureKind::GRPC_RESOURCE_EXHAUSTED,
-        FailureKind::GRPC_FAILED_PRECONDITION,
-        FailureKind::GRPC_ABORTED,
-        FailureKind::GRPC_OUT_OF_RANGE,
-        FailureKind::GRPC_UNIMPLEMENTED,
-        FailureKind::GRPC_INTERNAL,
-        FailureKind::GRPC_UNAVAILABLE,
-        FailureKind::GRPC_DATA_LOSS,
-        FailureKind::GRPC_UNAUTHENTICATED,
-    ];
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| KINDS.get(i).copied())
-        .unwrap_or(FailureKind::GRPC_UNKNOWN)
+    GrpcCode::from_i32(code).map_or(FailureKind::GRPC_UNKNOWN, GrpcCode::failure_kind)
 }
 
 fn outcome<F: FailureClassKind>(result: Result<(), F>) -> Outcome {
@@ -245,6 +218,7 @@ impl<B: fmt::Debug, E> fmt::Debug for TowerHttpBody<B, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     #[test]
     fn grpc_codes_map_to_their_kinds() {
@@ -252,11 +226,13 @@ mod tests {
         assert_eq!(grpc_kind(16), FailureKind::GRPC_UNAUTHENTICATED);
         assert_eq!(grpc_kind(17), FailureKind::GRPC_UNKNOWN);
         assert_eq!(grpc_kind(-1), FailureKind::GRPC_UNKNOWN);
-        assert_eq!(
-            status_kind(StatusCode::TOO_MANY_REQUESTS),
-            FailureKind::HTTP_429
-        );
-        assert_eq!(status_kind(StatusCode::BAD_GATEWAY), FailureKind::HTTP_5XX);
-        assert_eq!(status_kind(StatusCode::NOT_FOUND), FailureKind::HTTP_4XX);
+        let kind = |status| ServerErrorsFailureClass::StatusCode(status).failure_kind();
+        assert_eq!(kind(StatusCode::TOO_MANY_REQUESTS), FailureKind::HTTP_429);
+        assert_eq!(kind(StatusCode::BAD_GATEWAY), FailureKind::HTTP_5XX);
+        assert_eq!(kind(StatusCode::NOT_FOUND), FailureKind::HTTP_4XX);
+        // Other statuses a classifier of your own fails are named as
+        // `HttpClassifier` names them.
+        let redirect = StatusInRangeFailureClass::StatusCode(StatusCode::FOUND);
+        assert_eq!(redirect.failure_kind().as_str(), "http_3xx");
     }
 }

@@ -361,8 +361,9 @@ pub(crate) fn collapses_kind(name: &str) -> bool {
 }
 
 /// Whether `sample` is in `scope`.
-fn in_scope(scope: &Scope, family: &Family<'_>, sample: &Sample<'_>) -> bool {
-    let names = service_labels(family.name);
+/// Whether `sample` is in `scope`; `names` are its family's
+/// [`service_labels`].
+fn in_scope(scope: &Scope, names: &[&str; 2], sample: &Sample<'_>) -> bool {
     let mut names_a_service = false;
     for (label, value) in &sample.labels {
         if names.contains(label) {
@@ -395,10 +396,11 @@ pub(crate) fn render(
     match scope.view {
         View::Full => {
             for family in &families {
+                let names = service_labels(family.name);
                 let kept: Vec<&Sample<'_>> = family
                     .samples
                     .iter()
-                    .filter(|s| in_scope(scope, family, s))
+                    .filter(|s| in_scope(scope, &names, s))
                     .collect();
                 if kept.is_empty() {
                     continue;
@@ -414,12 +416,13 @@ pub(crate) fn render(
             // Each service is hashed once per render.
             let mut ids: HashMap<&str, String> = HashMap::new();
             for family in &families {
+                let names = service_labels(family.name);
                 // Only collapsed failure kinds make samples fall together.
                 let collapses = collapses_kind(family.name)
                     && family.samples.iter().any(|s| s.label("kind").is_some());
                 let mut merged = Merged::default();
                 let mut wrote_metadata = false;
-                for sample in family.samples.iter().filter(|s| in_scope(scope, family, s)) {
+                for sample in family.samples.iter().filter(|s| in_scope(scope, &names, s)) {
                     if sample.label("upstream").is_some() {
                         continue; // dependency edges are hidden
                     }
@@ -525,7 +528,8 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
     let mut failures: BTreeMap<&str, f64> = BTreeMap::new();
     let mut judged: BTreeMap<&str, f64> = BTreeMap::new();
     for family in families {
-        for sample in family.samples.iter().filter(|s| in_scope(scope, family, s)) {
+        let names = service_labels(family.name);
+        for sample in family.samples.iter().filter(|s| in_scope(scope, &names, s)) {
             if let Some(prefix) = sample.name.strip_suffix("_failures_total") {
                 *failures.entry(prefix).or_default() += sample.value;
             }
@@ -537,9 +541,10 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
         }
     }
     for family in families {
+        let names = service_labels(family.name);
         if family.kind == Kind::Gauge {
             if let Some(prefix) = family.name.strip_suffix("_error_rate") {
-                let in_view = family.samples.iter().any(|s| in_scope(scope, family, s));
+                let in_view = family.samples.iter().any(|s| in_scope(scope, &names, s));
                 if in_view {
                     let calls = judged.get(prefix).copied().unwrap_or(0.0);
                     let failed = failures.get(prefix).copied().unwrap_or(0.0);
@@ -572,7 +577,7 @@ fn aggregate(families: &[Family<'_>], scope: &Scope, out: &mut String) {
             Combine::Sum
         };
         let mut merged = Merged::default();
-        for sample in family.samples.iter().filter(|s| in_scope(scope, family, s)) {
+        for sample in family.samples.iter().filter(|s| in_scope(scope, &names, s)) {
             if sample.label("upstream").is_some() || sample.label("quantile").is_some() {
                 // Dependency edges name services; quantiles do not add up.
                 continue;

@@ -86,11 +86,11 @@ impl<'a> Owned<'a> {
 
     /// Whether a series is in the scope: every service it names is, and it
     /// names one.
-    fn in_scope(&self, global: &str, name: &str, family: &Family, series: &Series) -> bool {
+    /// `names` are the family's [`service_labels`].
+    fn in_scope(&self, global: &str, names: &[&str; 2], family: &Family, series: &Series) -> bool {
         if series.flags() & FACTORED != 0 {
             return self.allows(series.owner);
         }
-        let names = service_labels(name);
         let mut named = false;
         for (label, value) in parse_labels(family.labels_of(series)) {
             if names.contains(&label.as_ref()) {
@@ -186,9 +186,10 @@ impl Store {
         match scope.view() {
             View::Full => {
                 for (name, family) in &state.families {
+                    let names = service_labels(name);
                     let mut wrote = false;
                     for (i, series) in family.series.iter().enumerate() {
-                        if !owned.in_scope(global, name, family, series) {
+                        if !owned.in_scope(global, &names, family, series) {
                             continue;
                         }
                         if !wrote {
@@ -221,12 +222,13 @@ impl Store {
         redactor: &Redactor,
     ) {
         let global = self.global.as_str();
+        let names = service_labels(name);
         // Collapsed failure kinds make series fall together.
         let collapses = family.has_kind;
         let mut merged: IndexMap<String, f64> = IndexMap::new();
         let mut wrote = false;
         for (i, series) in family.series.iter().enumerate() {
-            if !owned.in_scope(global, name, family, series) {
+            if !owned.in_scope(global, &names, family, series) {
                 continue;
             }
             let fast = series.flags() & (FACTORED | REDACT_SAFE) == FACTORED | REDACT_SAFE;
@@ -311,13 +313,14 @@ impl Store {
         let mut failures: IndexMap<&str, f64> = IndexMap::new();
         let mut judged: IndexMap<&str, f64> = IndexMap::new();
         for (name, family) in families {
+            let names = service_labels(name);
             let failures_of = name.strip_suffix("_failures_total");
             let requests_of = name.strip_suffix("_requests_total");
             if failures_of.is_none() && requests_of.is_none() {
                 continue;
             }
             for (i, series) in family.series.iter().enumerate() {
-                if !owned.in_scope(global, name, family, series) {
+                if !owned.in_scope(global, &names, family, series) {
                     continue;
                 }
                 if let Some(prefix) = failures_of {
@@ -332,12 +335,13 @@ impl Store {
             }
         }
         for (name, family) in families {
+            let names = service_labels(name);
             let gauge = family.kind == super::Kind::Gauge;
             if let Some(prefix) = name.strip_suffix("_error_rate").filter(|_| gauge) {
                 let in_view = family
                     .series
                     .iter()
-                    .any(|s| owned.in_scope(global, name, family, s));
+                    .any(|s| owned.in_scope(global, &names, family, s));
                 if in_view {
                     let calls = judged.get(prefix).copied().unwrap_or(0.0);
                     let failed = failures.get(prefix).copied().unwrap_or(0.0);
@@ -367,7 +371,7 @@ impl Store {
             let mut histograms: IndexMap<(bool, Cow<'_, str>), Summed> = IndexMap::new();
             let stride = family.stride();
             for (i, series) in family.series.iter().enumerate() {
-                if !owned.in_scope(global, name, family, series) {
+                if !owned.in_scope(global, &names, family, series) {
                     continue;
                 }
                 let key: (bool, Cow<'_, str>) = if series.flags() & FACTORED != 0 {
