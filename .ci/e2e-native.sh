@@ -67,7 +67,8 @@ demo_pid=$!
 metrics_url="http://127.0.0.1:$metrics_port/metrics"
 ready=0
 for _ in $(seq 1 100); do
-    if curl -sf --max-time 2 "$metrics_url" 2>/dev/null | grep -q '^circuit_breaker_state'; then
+    if curl -sf --max-time 2 "$metrics_url" -o "$tmp/ready.prom" 2>/dev/null &&
+        grep -q '^circuit_breaker_state' "$tmp/ready.prom"; then
         ready=1
         break
     fi
@@ -139,7 +140,10 @@ if [ -n "$recovery" ] && [ "$recovery" != 0 ]; then
 else
     report "the recovery histogram kept its classic buckets" 0 "none"
 fi
-if curl -sf --max-time 5 "$metrics_url" | grep -q '^circuit_breaker_request_duration_seconds_bucket{'; then
+# Saved first: `grep -q` quits at its first match, and under pipefail the
+# SIGPIPE that gives curl would fail the check.
+if curl -sf --max-time 5 "$metrics_url" -o "$tmp/text.prom" &&
+    grep -q '^circuit_breaker_request_duration_seconds_bucket{' "$tmp/text.prom"; then
     report "a text scrape of the same demo still has classic duration buckets" 1
 else
     report "a text scrape of the same demo still has classic duration buckets" 0

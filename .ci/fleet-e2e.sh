@@ -136,8 +136,10 @@ for ((i = 1; i <= REPLICAS; i++)); do
 done
 started=$SECONDS
 
+# Saved first: under pipefail, `grep -q` quitting early would fail curl.
 serves_metrics() {
-    curl -sf --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null | grep -q '^circuit_breaker_state'
+    curl -sf --max-time 2 "http://127.0.0.1:$1/metrics" -o "$tmp/ready-$1.prom" 2>/dev/null &&
+        grep -q '^circuit_breaker_state' "$tmp/ready-$1.prom"
 }
 for ((i = 1; i <= REPLICAS; i++)); do
     wait_until 100 0.2 "replica $i serving http://127.0.0.1:${metrics_ports[i - 1]}/metrics" \
