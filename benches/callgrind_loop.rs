@@ -1,35 +1,35 @@
 //! A loop of calls on one path, for instruction counts under callgrind
 //! (`valgrind --tool=callgrind --collect-atstart=no
 //! --toggle-collect='*counted*'`): the count is repeatable on a
-//! shared machine, where timings are not. No recorder is installed.
+//! shared machine, where timings are not. No recorder is installed, except
+//! on the paths ending in `_metrics`: a Prometheus recorder (as in
+//! `peers.rs`, scoped with `metrics::with_local_recorder`).
 //!
 //! ```sh
 //! cargo bench -p tower-breaker-benches --bench callgrind_loop --no-run
 //! bin=$(ls target/release/deps/callgrind_loop-* | grep -v '\.d$')
 //! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*counted*' \
-//!     "$bin" success 100000   # paths: success failure open time keyed capacity
+//!     "$bin" success 100000   # paths: see PATHS
 //! ```
 //!
-//! Two more paths are floors, not breakers, on the same loop: `bare` (the
-//! inner service alone) and `arc_floor` (as in `peers.rs`: an `Arc` cloned
-//! into each call's future and an atomic add when the call completes).
+//! Three more paths are floors, not breakers, on the same loop: `bare` (the
+//! inner service alone), `arc_floor` (as in `peers.rs`: an `Arc` cloned
+//! into each call's future and an atomic add when the call completes) and
+//! `arc_floor_metrics` (the same, timed, with a counter and a histogram).
 //!
 //! Divide the total by the number of calls. Run by `cargo bench` itself
 //! (with criterion's `--bench` argument), it makes a thousand calls of each
 //! path and exits, so the bench target stays built and working.
 
-use std::future::{ready, Future};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::future::ready;
 use std::time::Duration;
 
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_breaker::keyed::key_fn;
 use tower_breaker::{Backoff, CircuitBreakerLayer, MetricsLevel};
+use tower_breaker_benches::{ArcFloor, Boxed, RefusalFloor};
 
-const PATHS: [&str; 8] = [
+const PATHS: [&str; 15] = [
     "success",
     "failure",
     "open",
@@ -38,6 +38,13 @@ const PATHS: [&str; 8] = [
     "capacity",
     "bare",
     "arc_floor",
+    "success_metrics",
+    "open_metrics",
+    "arc_floor_metrics",
+    "failure_metrics",
+    "refusal_floor",
+    "judged_floor",
+    "judged_floor_metrics",
 ];
 
 fn main() {
@@ -53,16 +60,32 @@ fn main() {
 }
 
 fn run(path: &str, n: u64) {
+    match path.strip_suffix("_metrics") {
+        Some(path) => {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let metered = path.ends_with("_floor");
+            metrics::with_local_recorder(&recorder, || run_in(path, metered, n));
+        }
+        None => run_in(path, false, n),
+    }
+}
+
+/// Runs `n` calls of `path` in the current recorder; `metered` is the
+/// floor of full metrics.
+fn run_in(path: &str, metered: bool, n: u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let inner = service_fn(|x: u64| ready(Ok::<_, std::io::Error>(x)));
     match path {
         "bare" => return measured_loop(&rt, &mut inner.clone(), n),
-        "arc_floor" => {
-            let calls = Arc::new(AtomicU64::new(0));
-            return measured_loop(&rt, &mut ArcFloor { inner, calls }, n);
+        "judged_floor" if metered => {
+            return measured_loop(&rt, &mut ArcFloor::judged_metered(inner), n)
         }
+        "judged_floor" => return measured_loop(&rt, &mut ArcFloor::judged(inner), n),
+        "arc_floor" if metered => return measured_loop(&rt, &mut ArcFloor::metered(inner), n),
+        "arc_floor" => return measured_loop(&rt, &mut ArcFloor::new(inner), n),
+        "refusal_floor" => return measured_loop(&rt, &mut RefusalFloor::<Boxed>::default(), n),
         _ => {}
     }
     if path == "keyed" {
@@ -122,54 +145,4 @@ fn counted<S: Service<u64>>(rt: &tokio::runtime::Runtime, svc: &mut S, n: u64) {
         }
         std::hint::black_box(ok);
     });
-}
-
-/// The floor of `peers.rs` (`arc_floor`), success path: an `Arc` cloned
-/// into each call's future, an atomic add when the call completes, errors
-/// mapped to `BoxError`.
-#[derive(Clone)]
-struct ArcFloor<S> {
-    inner: S,
-    calls: Arc<AtomicU64>,
-}
-
-pin_project_lite::pin_project! {
-    struct ArcFloorFuture<F> {
-        #[pin]
-        future: F,
-        calls: Option<Arc<AtomicU64>>,
-    }
-}
-
-impl<T, E: Into<tower::BoxError>, F: Future<Output = Result<T, E>>> Future for ArcFloorFuture<F> {
-    type Output = Result<T, tower::BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.future.poll(cx));
-        if let Some(calls) = this.calls.take() {
-            calls.fetch_add(1, Ordering::Relaxed);
-        }
-        Poll::Ready(result.map_err(Into::into))
-    }
-}
-
-impl<S: Service<u64>> Service<u64> for ArcFloor<S>
-where
-    S::Error: Into<tower::BoxError>,
-{
-    type Response = S::Response;
-    type Error = tower::BoxError;
-    type Future = ArcFloorFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ArcFloorFuture {
-            future: self.inner.call(req),
-            calls: Some(self.calls.clone()),
-        }
-    }
 }

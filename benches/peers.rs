@@ -50,6 +50,7 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use tokio::runtime::Runtime;
 use tower::{Layer as _, Service, ServiceExt as _};
+use tower_breaker_benches::{ArcFloor, Boxed, BoxedNameless, FloorRefused, RefusalFloor, Typed};
 
 type Req = u64;
 type Resp = u64;
@@ -441,97 +442,15 @@ async fn bare(path: Path) -> impl Service<Req, Response = Resp, Error = Fail> + 
     inner(path.inner_fails())
 }
 
-/// The floor of any breaker whose future records the outcome: a middleware
-/// that clones an `Arc` of shared state into each call's future, and adds
-/// one to an atomic counter there when the call completes (the window
-/// update), mapping errors to `BoxError` as tower middleware does. No state
-/// machine. Success path only.
-///
-/// `metered` adds what full metrics cannot do without: two TSC reads for the
-/// duration, a requests counter and a duration histogram, their handles
-/// registered once with the current recorder.
+/// `arc_floor` and `arc_floor_metrics` ([`ArcFloor`]): the floors of a
+/// breaker whose future records the outcome, and of full metrics.
 async fn arc_floor(
     metered: bool,
 ) -> impl Service<Req, Response = Resp, Error = tower::BoxError> + Clone + Send {
-    let meter = metered.then(|| Meter {
-        clock: quanta::Clock::new(),
-        requests: metrics::counter!("floor_requests_total", "status" => "success"),
-        duration: metrics::histogram!("floor_request_duration_seconds", "status" => "success"),
-    });
-    ArcFloor {
-        inner: inner(false),
-        shared: std::sync::Arc::new(Shared {
-            calls: std::sync::atomic::AtomicU64::new(0),
-            meter,
-        }),
-    }
-}
-
-struct Shared {
-    calls: std::sync::atomic::AtomicU64,
-    meter: Option<Meter>,
-}
-
-struct Meter {
-    clock: quanta::Clock,
-    requests: metrics::Counter,
-    duration: metrics::Histogram,
-}
-
-#[derive(Clone)]
-struct ArcFloor<S> {
-    inner: S,
-    shared: std::sync::Arc<Shared>,
-}
-
-pin_project_lite::pin_project! {
-    struct ArcFloorFuture<F> {
-        #[pin]
-        future: F,
-        shared: Option<std::sync::Arc<Shared>>,
-        start: u64,
-    }
-}
-
-impl<F: Future<Output = Result<Resp, Fail>>> Future for ArcFloorFuture<F> {
-    type Output = Result<Resp, tower::BoxError>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.future.poll(cx));
-        if let Some(shared) = this.shared.take() {
-            shared
-                .calls
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(m) = &shared.meter {
-                let elapsed = m.clock.delta_as_nanos(*this.start, m.clock.raw());
-                m.requests.increment(1);
-                m.duration.record(elapsed as f64 * 1e-9);
-            }
-        }
-        Poll::Ready(result.map_err(Into::into))
-    }
-}
-
-impl<S: Service<Req, Response = Resp, Error = Fail>> Service<Req> for ArcFloor<S> {
-    type Response = Resp;
-    type Error = tower::BoxError;
-    type Future = ArcFloorFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let start = match &self.shared.meter {
-            Some(m) => m.clock.raw(),
-            None => 0,
-        };
-        ArcFloorFuture {
-            future: self.inner.call(req),
-            shared: Some(self.shared.clone()),
-            start,
-        }
+    if metered {
+        ArcFloor::metered(inner(false))
+    } else {
+        ArcFloor::new(inner(false))
     }
 }
 
@@ -651,9 +570,15 @@ async fn seatbelt(path: Path) -> impl Service<Req, Response = Resp, Error = Fail
 // tower_breaker, the crate under test
 // ---------------------------------------------------------------------------
 
+impl Rejection for FloorRefused {
+    fn is_rejection(&self) -> bool {
+        true
+    }
+}
+
 impl Rejection for tower::BoxError {
     fn is_rejection(&self) -> bool {
-        self.is::<tower_breaker::CircuitOpen>()
+        self.is::<tower_breaker::CircuitOpen>() || self.is::<tower_breaker_benches::FloorRefused>()
     }
 }
 
@@ -713,9 +638,26 @@ fn peers(c: &mut Criterion) {
         if path != Path::Open {
             plain.bench_tower_service(&mut g, "bare", path, || bare(path));
         }
+        if path == Path::Open {
+            plain.bench_tower_service(&mut g, "refusal_floor", path, || async {
+                RefusalFloor::<Boxed>::default()
+            });
+            plain.bench_tower_service(&mut g, "refusal_floor_nameless", path, || async {
+                RefusalFloor::<BoxedNameless>::default()
+            });
+            plain.bench_tower_service(&mut g, "refusal_floor_typed", path, || async {
+                RefusalFloor::<Typed>::default()
+            });
+        }
         if path == Path::Success {
             plain.bench_tower_service(&mut g, "arc_floor", path, || arc_floor(false));
             prometheus.bench_tower_service(&mut g, "arc_floor_metrics", path, || arc_floor(true));
+            plain.bench_tower_service(&mut g, "judged_floor", path, || async {
+                ArcFloor::judged(inner(false))
+            });
+            prometheus.bench_tower_service(&mut g, "judged_floor_metrics", path, || async {
+                ArcFloor::judged_metered(inner(false))
+            });
         }
         plain.bench_tower_service(&mut g, "tower_resilience", path, || tower_resilience(path));
         prometheus.bench_tower_service(&mut g, "tower_resilience_metrics", path, || {

@@ -385,7 +385,7 @@ impl Breaker {
             Admission::Permitted(ticket) if !ticket.is_probe() && self.capacity.is_none() => {
                 let (stamp, start) = self.stamp_timed();
                 let call = InFlight {
-                    breaker: self.clone(),
+                    breaker: Some(self.clone()),
                     ticket,
                     stamp,
                 };
@@ -419,15 +419,15 @@ impl Breaker {
     #[cold]
     pub(crate) fn refused(&self, refusal: Refusal) -> CircuitOpen {
         self.machine.count_refusal();
-        self.handles().rejected(refusal.state);
-        CircuitOpen::refused(self.service().clone(), refusal.state, refusal.left)
+        self.handles().rejected(refusal.state());
+        CircuitOpen::refused(self.service().clone(), refusal.state(), refusal.left())
     }
 
     /// The record of a call starting now.
     #[inline(always)]
     fn in_flight(self: &Arc<Self>, ticket: Ticket) -> InFlight {
         InFlight {
-            breaker: self.clone(),
+            breaker: Some(self.clone()),
             ticket,
             stamp: self.stamp(),
         }
@@ -743,7 +743,9 @@ fn log_transition(service: &str, change: &StateChange) {
 /// the call counts as [`Outcome::Ignored`] and gives back its half-open
 /// permit, so a cancelled probe never wedges the breaker.
 pub struct InFlight {
-    breaker: Arc<Breaker>,
+    /// Taken only by [`finish`](InFlight::finish), which consumes the
+    /// record: `Some` wherever else it is seen.
+    breaker: Option<Arc<Breaker>>,
     ticket: Ticket,
     stamp: Stamp,
 }
@@ -826,11 +828,17 @@ impl InFlight {
     #[inline(always)]
     pub fn finish(mut self, outcome: Outcome) {
         // Finished (and its slot given back, by `Breaker::finish`) before
-        // the outcome is recorded: a state-change hook that panics while
-        // it is recorded unwinds through a call that is already done.
-        let stamp = self.stamp;
+        // the outcome is recorded, and only the breaker's `Arc` is held
+        // while it is: a state-change hook or a recorder that panics
+        // unwinds through that alone, not through a call still to finish.
+        // (The record itself then never needs an address, so its fields
+        // stay in registers.)
+        let (ticket, stamp) = (self.ticket, self.stamp);
         self.stamp = Stamp((stamp.0 | Stamp::FINISHED) & !Stamp::HOLDS_SLOT);
-        self.breaker.finish(self.ticket, stamp, outcome);
+        if let Some(breaker) = self.breaker.take() {
+            drop(self);
+            breaker.finish(ticket, stamp, outcome);
+        }
     }
 
     /// The call's response streams (see `GrpcBody`): its duration stops
@@ -842,15 +850,18 @@ impl InFlight {
     /// finished, and holds only that slot until it is dropped.
     #[cfg(feature = "grpc")]
     pub(crate) fn streaming(mut self) -> InFlight {
+        let Some(breaker) = &self.breaker else {
+            return self;
+        };
         if self.ticket.is_probe() {
             let stamp = self.stamp;
             self.stamp = Stamp(stamp.0 | Stamp::FINISHED);
             let judged = Stamp(stamp.0 & !Stamp::HOLDS_SLOT);
-            self.breaker.finish(self.ticket, judged, Outcome::Success);
+            breaker.finish(self.ticket, judged, Outcome::Success);
             return self;
         }
         if self.stamp.timed() {
-            self.stamp = self.stamp.settled(self.breaker.clock.now());
+            self.stamp = self.stamp.settled(breaker.clock.now());
         }
         self
     }
@@ -866,20 +877,24 @@ impl InFlight {
     /// later call succeeds, it stays open at least this long, up to the
     /// configured cap. Call it before [`finish`](InFlight::finish).
     pub fn retry_after(&self, after: Duration) {
-        self.breaker.machine.hint(self.ticket, after);
+        if let Some(breaker) = &self.breaker {
+            breaker.machine.hint(self.ticket, after);
+        }
     }
 
     /// The name of the breaker this call went through.
     pub fn service(&self) -> &str {
-        self.breaker.service()
+        self.breaker.as_deref().map_or("", |b| b.service())
     }
 }
 
 impl Drop for InFlight {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         if self.stamp.0 & (Stamp::FINISHED | Stamp::HOLDS_SLOT) != Stamp::FINISHED {
-            self.dropped();
+            if let Some(breaker) = &self.breaker {
+                InFlight::dropped(breaker, self.ticket, self.stamp);
+            }
         }
     }
 }
@@ -890,13 +905,11 @@ impl InFlight {
     /// line, so the drop of a finished call stays one test.
     #[cold]
     #[inline(never)]
-    fn dropped(&mut self) {
-        let stamp = self.stamp;
-        self.stamp = Stamp((stamp.0 | Stamp::FINISHED) & !Stamp::HOLDS_SLOT);
+    fn dropped(breaker: &Breaker, ticket: Ticket, stamp: Stamp) {
         if stamp.is_finished() {
-            self.breaker.give_slot(stamp);
+            breaker.give_slot(stamp);
         } else {
-            self.breaker.finish(self.ticket, stamp, Outcome::Ignored);
+            breaker.finish(ticket, stamp, Outcome::Ignored);
         }
     }
 }

@@ -78,9 +78,11 @@ where
                 classifier,
             } => {
                 let result = ready!(future.poll(cx));
-                let call = call.take().expect("ResponseFuture polled after completion");
+                // Taken in each arm: the failure path gets the slot, so the
+                // record of a success never has its address taken and its
+                // fields stay in registers.
                 Poll::Ready(match result {
-                    Ok(response) => Ok(classifier.classify_response(response, call)),
+                    Ok(response) => Ok(classifier.classify_response(response, taken(call))),
                     Err(error) => Err(failed::<Res, _, _>(error, call, classifier)),
                 })
             }
@@ -96,12 +98,19 @@ where
 #[inline(never)]
 fn failed<Res, E: Into<BoxError>, C: Classify<Res>>(
     error: E,
-    call: InFlight,
+    call: &mut Option<InFlight>,
     classifier: &C,
 ) -> BoxError {
+    let call = taken(call);
     let error: BoxError = error.into();
     call.finish(classifier.classify_error(&*error));
     error
+}
+
+/// The call's record, taken once its outcome is known.
+#[inline(always)]
+fn taken(call: &mut Option<InFlight>) -> InFlight {
+    call.take().expect("ResponseFuture polled after completion")
 }
 
 impl<F, C> fmt::Debug for ResponseFuture<F, C> {

@@ -389,14 +389,60 @@ pub(crate) enum Admission {
     },
 }
 
-/// A refusal decided in `poll_ready`, delivered (and counted) by `call`.
+/// A refusal decided in `poll_ready`, delivered (and counted) by `call`:
+/// the state, and when Open the time left as of `poll_ready` (made a
+/// `Duration` only when
+/// [`CircuitOpen::retry_after`](crate::CircuitOpen::retry_after) asks).
+///
+/// One word, written and read whole: the service keeps it from
+/// `poll_ready` to `call`, and a wider read of a narrower write (a state
+/// byte, then the refusal read back at once) stalls the processor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub(crate) state: State,
-    /// When Open: the time left as of `poll_ready`, in nanoseconds;
-    /// [`NO_RETRY_AFTER`] otherwise. Made a `Duration` only when
-    /// [`CircuitOpen::retry_after`](crate::CircuitOpen::retry_after) asks.
-    pub(crate) left: u64,
+pub(crate) struct Refusal(NonZeroU64);
+
+impl Refusal {
+    /// Bits 0..61: the time left in nanoseconds, or `LEFT_UNKNOWN`.
+    const LEFT_BITS: u32 = 61;
+    const LEFT_UNKNOWN: u64 = (1 << Self::LEFT_BITS) - 1;
+
+    /// A refusal in `state` with `left` nanoseconds to go (or
+    /// [`NO_RETRY_AFTER`]); a time left past 73 years is not known.
+    #[inline]
+    pub(crate) fn new(state: State, left: u64) -> Self {
+        let state = match state {
+            State::Closed => 1,
+            State::Open => 2,
+            State::HalfOpen => 3,
+            State::Disabled => 4,
+            State::ForcedOpen => 5,
+            State::MetricsOnly => 6,
+        };
+        let word = (state << Self::LEFT_BITS) | left.min(Self::LEFT_UNKNOWN);
+        // The state's bits are never all zero.
+        Refusal(NonZeroU64::new(word).unwrap_or(NonZeroU64::MAX))
+    }
+
+    /// The state the breaker refused in.
+    #[inline]
+    pub(crate) fn state(self) -> State {
+        match self.0.get() >> Self::LEFT_BITS {
+            1 => State::Closed,
+            2 => State::Open,
+            3 => State::HalfOpen,
+            4 => State::Disabled,
+            5 => State::ForcedOpen,
+            _ => State::MetricsOnly,
+        }
+    }
+
+    /// The time left in nanoseconds, or [`NO_RETRY_AFTER`].
+    #[inline]
+    pub(crate) fn left(self) -> u64 {
+        match self.0.get() & Self::LEFT_UNKNOWN {
+            Self::LEFT_UNKNOWN => NO_RETRY_AFTER,
+            left => left,
+        }
+    }
 }
 
 /// [`Refusal::left`] when the time left is not known (not Open).
@@ -565,10 +611,7 @@ impl Machine {
         loop {
             let w = self.load();
             let epoch = w.epoch();
-            let refusal = |state| Refusal {
-                state,
-                left: NO_RETRY_AFTER,
-            };
+            let refusal = |state| Refusal::new(state, NO_RETRY_AFTER);
             match w.mode() {
                 DISABLED => return Ok(Ticket::new(epoch, 0)),
                 FORCED_OPEN => return Err(refusal(State::ForcedOpen)),
@@ -579,12 +622,7 @@ impl Machine {
                 CLOSED => return Ok(Ticket::new(epoch, TICKET_JUDGED)),
                 OPEN => match self.open_elapsed(epoch, &now, obs) {
                     None => continue,
-                    Some(left) => {
-                        return Err(Refusal {
-                            state: State::Open,
-                            left,
-                        })
-                    }
+                    Some(left) => return Err(Refusal::new(State::Open, left)),
                 },
                 _ => {
                     if self.max_wait_elapsed(w, &now, obs) {
@@ -1176,6 +1214,19 @@ mod tests {
             assert_eq!(state.to_string(), state.as_str());
         }
     }
+
+    #[test]
+    fn a_refusal_keeps_its_state_and_time_left_exactly() {
+        for state in State::ALL {
+            for left in [0, 1, 2, 20_000_000_000, (1 << 61) - 2, NO_RETRY_AFTER] {
+                let refusal = Refusal::new(state, left);
+                assert_eq!((refusal.state(), refusal.left()), (state, left));
+            }
+            // Past 73 years the time left is not known.
+            assert_eq!(Refusal::new(state, 1 << 61).left(), NO_RETRY_AFTER);
+        }
+    }
+
     use crate::classify::FailureKind;
     use crate::window::CountWindow;
 
