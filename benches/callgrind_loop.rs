@@ -12,10 +12,14 @@
 //!     "$bin" success 100000   # paths: see PATHS
 //! ```
 //!
-//! Three more paths are floors, not breakers, on the same loop: `bare` (the
-//! inner service alone), `arc_floor` (as in `peers.rs`: an `Arc` cloned
-//! into each call's future and an atomic add when the call completes) and
-//! `arc_floor_metrics` (the same, timed, with a counter and a histogram).
+//! The paths ending in `_floor` (and `bare`) are floors, not breakers, on
+//! the same loop (`benches/lib.rs`): `bare` (the inner service alone),
+//! `arc_floor` (as in `peers.rs`: an `Arc` cloned into each call's future
+//! and an atomic add when the call completes), `judged_floor` (that, plus
+//! the state word, the recorder lookup and the exact last-N window write a
+//! breaker with tower-breaker's decisions must make) and `refusal_floor`
+//! (a clock read, a count and an error naming the breaker, boxed); with
+//! `_metrics`, also timed, counted and recorded in a histogram.
 //!
 //! Divide the total by the number of calls. Run by `cargo bench` itself
 //! (with criterion's `--bench` argument), it makes a thousand calls of each

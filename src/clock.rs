@@ -112,16 +112,29 @@ impl Clock {
         )
     }
 
-    /// Nanoseconds since this clock's origin.
+    /// Nanoseconds since this clock's origin. The clocks of production
+    /// are tested for first and inline, rather than through a jump table
+    /// (an indirect branch on the hot path, twice for a timed call).
     #[inline]
     pub(crate) fn now(&self) -> u64 {
+        if let Kind::System { clock, origin } = &self.kind {
+            return clock.delta_as_nanos(*origin, clock.raw());
+        }
+        if let Kind::Coarse { .. } = &self.kind {
+            return TICKER.nanos.load(Ordering::Relaxed);
+        }
+        self.now_test()
+    }
+
+    /// [`now`](Self::now) of the clocks of tests.
+    #[inline(never)]
+    fn now_test(&self) -> u64 {
         match &self.kind {
-            Kind::System { clock, origin } => clock.delta_as_nanos(*origin, clock.raw()),
-            Kind::Coarse { .. } => TICKER.nanos.load(Ordering::Relaxed),
             Kind::Tokio { origin } => {
                 duration_nanos(tokio::time::Instant::now().saturating_duration_since(*origin))
             }
             Kind::Manual(nanos) => nanos.load(Ordering::Acquire),
+            Kind::System { .. } | Kind::Coarse { .. } => self.now(),
         }
     }
 }

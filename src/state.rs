@@ -809,7 +809,7 @@ impl Machine {
     /// nothing was recorded; otherwise whether the window's totals changed
     /// (then the caller must [`evaluate`](Self::evaluate): a window still
     /// filling up may just have reached the minimum of calls).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record_plain_success(&self, ticket: Ticket) -> Option<bool> {
         if ticket.0.get() & (TICKET_PROBE | TICKET_JUDGED) != TICKET_JUDGED {
             return None;
