@@ -28,8 +28,11 @@ use tower::{BoxError, Service};
 /// still count the call) and compared with the one the handles belong to,
 /// and the exact last-N window written: the cursor's `fetch_add` and the
 /// slot compared with the sample.
+///
+/// The variants are types of their own (`METERED`, `JUDGED`), so each
+/// compiles to only what it measures.
 #[derive(Clone)]
-pub struct ArcFloor<S> {
+pub struct ArcFloor<S, const METERED: bool = false, const JUDGED: bool = false> {
     inner: S,
     shared: Arc<Shared>,
 }
@@ -92,32 +95,40 @@ struct Meter {
 impl<S> ArcFloor<S> {
     /// `arc_floor`: the `Arc` and the atomic add.
     pub fn new(inner: S) -> Self {
-        Self::with(inner, None, false)
+        Self::with(inner)
     }
+}
 
-    /// `judged_floor`: the same, with the judgment of a breaker.
-    pub fn judged(inner: S) -> Self {
-        Self::with(inner, None, true)
-    }
-
-    /// `judged_floor_metrics`: the judged floor, metered.
-    pub fn judged_metered(inner: S) -> Self {
-        Self::with(inner, Some(Meter::new()), true)
-    }
-
+impl<S> ArcFloor<S, true> {
     /// `arc_floor_metrics`: the same, timed, counted and recorded in the
     /// recorder current when it is built.
     pub fn metered(inner: S) -> Self {
-        Self::with(inner, Some(Meter::new()), false)
+        Self::with(inner)
     }
+}
 
-    fn with(inner: S, meter: Option<Meter>, judged: bool) -> Self {
+impl<S> ArcFloor<S, false, true> {
+    /// `judged_floor`: the `Arc`, with the judgment of a breaker.
+    pub fn judged(inner: S) -> Self {
+        Self::with(inner)
+    }
+}
+
+impl<S> ArcFloor<S, true, true> {
+    /// `judged_floor_metrics`: the judged floor, metered.
+    pub fn judged_metered(inner: S) -> Self {
+        Self::with(inner)
+    }
+}
+
+impl<S, const METERED: bool, const JUDGED: bool> ArcFloor<S, METERED, JUDGED> {
+    fn with(inner: S) -> Self {
         ArcFloor {
             inner,
             shared: Arc::new(Shared {
                 calls: AtomicU64::new(0),
-                meter,
-                judge: judged.then(Judge::new),
+                meter: METERED.then(Meter::new),
+                judge: JUDGED.then(Judge::new),
             }),
         }
     }
@@ -133,31 +144,32 @@ impl Meter {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The future of an [`ArcFloor`] call.
-    pub struct ArcFloorFuture<F> {
-        #[pin]
-        future: F,
-        shared: Option<Arc<Shared>>,
-        start: u64,
-    }
+/// The future of an [`ArcFloor`] call (inner futures here are `Unpin`).
+pub struct ArcFloorFuture<F, const METERED: bool, const JUDGED: bool> {
+    future: F,
+    shared: Option<Arc<Shared>>,
+    start: u64,
 }
 
-impl<T, E: Into<BoxError>, F: Future<Output = Result<T, E>>> Future for ArcFloorFuture<F> {
+impl<T, E, F, const METERED: bool, const JUDGED: bool> Future for ArcFloorFuture<F, METERED, JUDGED>
+where
+    E: Into<BoxError>,
+    F: Future<Output = Result<T, E>> + Unpin,
+{
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.future.poll(cx));
+        let this = self.get_mut();
+        let result = std::task::ready!(Pin::new(&mut this.future).poll(cx));
         if let Some(shared) = this.shared.take() {
             match &shared.judge {
-                Some(judge) => judge.record(),
-                None => {
+                Some(judge) if JUDGED => judge.record(),
+                _ => {
                     shared.calls.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if let Some(m) = &shared.meter {
-                let elapsed = m.clock.delta_as_nanos(*this.start, m.clock.raw());
+            if let (true, Some(m)) = (METERED, &shared.meter) {
+                let elapsed = m.clock.delta_as_nanos(this.start, m.clock.raw());
                 m.requests.increment(1);
                 m.duration.record(elapsed as f64 * 1e-9);
             }
@@ -166,26 +178,28 @@ impl<T, E: Into<BoxError>, F: Future<Output = Result<T, E>>> Future for ArcFloor
     }
 }
 
-impl<R, S: Service<R>> Service<R> for ArcFloor<S>
+impl<R, S: Service<R>, const METERED: bool, const JUDGED: bool> Service<R>
+    for ArcFloor<S, METERED, JUDGED>
 where
     S::Error: Into<BoxError>,
+    S::Future: Unpin,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ArcFloorFuture<S::Future>;
+    type Future = ArcFloorFuture<S::Future, METERED, JUDGED>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        if let Some(judge) = &self.shared.judge {
+        if let (true, Some(judge)) = (JUDGED, &self.shared.judge) {
             // A floor, not a breaker: the answer is kept, not acted on.
             std::hint::black_box(judge.admit());
         }
         let start = match &self.shared.meter {
-            Some(m) => m.clock.raw(),
-            None => 0,
+            Some(m) if METERED => m.clock.raw(),
+            _ => 0,
         };
         ArcFloorFuture {
             future: self.inner.call(req),

@@ -442,18 +442,6 @@ async fn bare(path: Path) -> impl Service<Req, Response = Resp, Error = Fail> + 
     inner(path.inner_fails())
 }
 
-/// `arc_floor` and `arc_floor_metrics` ([`ArcFloor`]): the floors of a
-/// breaker whose future records the outcome, and of full metrics.
-async fn arc_floor(
-    metered: bool,
-) -> impl Service<Req, Response = Resp, Error = tower::BoxError> + Clone + Send {
-    if metered {
-        ArcFloor::metered(inner(false))
-    } else {
-        ArcFloor::new(inner(false))
-    }
-}
-
 /// tower-resilience 0.13. Success: defaults (count window of 100, 50 %).
 /// Failure: `minimum_number_of_calls(usize::MAX)` so the window is never
 /// evaluated. Open: `consecutive_failures(1)`, open for an hour.
@@ -650,8 +638,12 @@ fn peers(c: &mut Criterion) {
             });
         }
         if path == Path::Success {
-            plain.bench_tower_service(&mut g, "arc_floor", path, || arc_floor(false));
-            prometheus.bench_tower_service(&mut g, "arc_floor_metrics", path, || arc_floor(true));
+            plain.bench_tower_service(&mut g, "arc_floor", path, || async {
+                ArcFloor::new(inner(false))
+            });
+            prometheus.bench_tower_service(&mut g, "arc_floor_metrics", path, || async {
+                ArcFloor::metered(inner(false))
+            });
             plain.bench_tower_service(&mut g, "judged_floor", path, || async {
                 ArcFloor::judged(inner(false))
             });
@@ -693,8 +685,12 @@ fn peers(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("two_threads");
     plain.bench_tower_service_two_threads(&mut g, "bare", || bare(Path::Success));
-    plain.bench_tower_service_two_threads(&mut g, "arc_floor", || arc_floor(false));
-    prometheus.bench_tower_service_two_threads(&mut g, "arc_floor_metrics", || arc_floor(true));
+    plain.bench_tower_service_two_threads(&mut g, "arc_floor", || async {
+        ArcFloor::new(inner(false))
+    });
+    prometheus.bench_tower_service_two_threads(&mut g, "arc_floor_metrics", || async {
+        ArcFloor::metered(inner(false))
+    });
     plain.bench_tower_service_two_threads(&mut g, "tower_resilience", || {
         tower_resilience(Path::Success)
     });
