@@ -415,9 +415,11 @@ impl Breaker {
     }
 
     /// Delivers a refusal decided in `poll_ready`; its `retry_after` is
-    /// the time left as of `poll_ready`.
-    #[cold]
-    pub(crate) fn refused(&self, refusal: Refusal) -> CircuitOpen {
+    /// the time left as of `poll_ready`. Inline into
+    /// [`start_unready`](Self::start_unready), its one caller, which is
+    /// out of line.
+    #[inline(always)]
+    fn refused(&self, refusal: Refusal) -> CircuitOpen {
         self.machine.count_refusal();
         self.handles().rejected(refusal.state());
         CircuitOpen::refused(self.service().clone(), refusal.state(), refusal.left())
@@ -545,7 +547,15 @@ impl Breaker {
             }
             other => other,
         };
+        // Should the recorder panic here, the call's outcome is lost to the
+        // breaker too: a probe then gives its permit back, as a cancelled
+        // one does, so the breaker is not left half-open with none free.
+        let lost = ProbeLost {
+            machine: &self.machine,
+            ticket,
+        };
         handles.finished(reported, timed.then_some(elapsed as f64 * 1e-9));
+        std::mem::forget(lost);
         // A transition needs the time even when calls are not timed: any
         // judged outcome may trip (a window filling up reaches its minimum
         // with a success), a probe may close or reopen. Calls are always
@@ -885,6 +895,19 @@ impl InFlight {
     /// The name of the breaker this call went through.
     pub fn service(&self) -> &str {
         self.breaker.as_deref().map_or("", |b| b.service())
+    }
+}
+
+/// Gives a probe's permit back if dropped: armed while a recorder counts a
+/// call whose outcome the machine has not recorded yet.
+struct ProbeLost<'a> {
+    machine: &'a Machine,
+    ticket: Ticket,
+}
+
+impl Drop for ProbeLost<'_> {
+    fn drop(&mut self) {
+        self.machine.release(self.ticket);
     }
 }
 

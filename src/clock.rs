@@ -112,7 +112,7 @@ impl Clock {
         )
     }
 
-    /// Nanoseconds since this clock's origin. The clocks of production
+    /// Nanoseconds since this clock's origin. The system and coarse clocks
     /// are tested for first and inline, rather than through a jump table
     /// (an indirect branch on the hot path, twice for a timed call).
     #[inline]
@@ -123,12 +123,12 @@ impl Clock {
         if let Kind::Coarse { .. } = &self.kind {
             return TICKER.nanos.load(Ordering::Relaxed);
         }
-        self.now_test()
+        self.now_other()
     }
 
-    /// [`now`](Self::now) of the clocks of tests.
+    /// [`now`](Self::now) of the tokio and manual clocks: out of line.
     #[inline(never)]
-    fn now_test(&self) -> u64 {
+    fn now_other(&self) -> u64 {
         match &self.kind {
             Kind::Tokio { origin } => {
                 duration_nanos(tokio::time::Instant::now().saturating_duration_since(*origin))

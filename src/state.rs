@@ -396,50 +396,56 @@ pub(crate) enum Admission {
 ///
 /// One word, written and read whole: the service keeps it from
 /// `poll_ready` to `call`, and a wider read of a narrower write (a state
-/// byte, then the refusal read back at once) stalls the processor.
+/// byte, then the refusal read back at once) stalls the processor. Only
+/// Open, HalfOpen and ForcedOpen refuse, and only Open knows the time
+/// left, which is never 0: the two highest values stand for the other two
+/// states, every other value is Open's time left, exactly (up to 584
+/// years).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal(NonZeroU64);
 
 impl Refusal {
-    /// Bits 0..61: the time left in nanoseconds, or `LEFT_UNKNOWN`.
-    const LEFT_BITS: u32 = 61;
-    const LEFT_UNKNOWN: u64 = (1 << Self::LEFT_BITS) - 1;
+    const FORCED_OPEN: u64 = u64::MAX;
+    const HALF_OPEN: u64 = u64::MAX - 1;
+    /// The longest time left an Open refusal holds (nanoseconds).
+    const MAX_LEFT: u64 = u64::MAX - 2;
 
-    /// A refusal in `state` with `left` nanoseconds to go (or
-    /// [`NO_RETRY_AFTER`]); a time left past 73 years is not known.
+    /// Open, with `left` nanoseconds to go.
     #[inline]
-    pub(crate) fn new(state: State, left: u64) -> Self {
-        let state = match state {
-            State::Closed => 1,
-            State::Open => 2,
-            State::HalfOpen => 3,
-            State::Disabled => 4,
-            State::ForcedOpen => 5,
-            State::MetricsOnly => 6,
+    pub(crate) fn open(left: u64) -> Self {
+        let left = left.clamp(1, Self::MAX_LEFT);
+        Refusal(NonZeroU64::new(left).unwrap_or(NonZeroU64::MIN))
+    }
+
+    /// HalfOpen, every probe permit taken.
+    pub(crate) fn half_open() -> Self {
+        const WORD: NonZeroU64 = match NonZeroU64::new(Refusal::HALF_OPEN) {
+            Some(word) => word,
+            None => unreachable!(),
         };
-        let word = (state << Self::LEFT_BITS) | left.min(Self::LEFT_UNKNOWN);
-        // The state's bits are never all zero.
-        Refusal(NonZeroU64::new(word).unwrap_or(NonZeroU64::MAX))
+        Refusal(WORD)
+    }
+
+    /// ForcedOpen.
+    pub(crate) fn forced_open() -> Self {
+        Refusal(NonZeroU64::MAX)
     }
 
     /// The state the breaker refused in.
     #[inline]
     pub(crate) fn state(self) -> State {
-        match self.0.get() >> Self::LEFT_BITS {
-            1 => State::Closed,
-            2 => State::Open,
-            3 => State::HalfOpen,
-            4 => State::Disabled,
-            5 => State::ForcedOpen,
-            _ => State::MetricsOnly,
+        match self.0.get() {
+            Self::FORCED_OPEN => State::ForcedOpen,
+            Self::HALF_OPEN => State::HalfOpen,
+            _ => State::Open,
         }
     }
 
     /// The time left in nanoseconds, or [`NO_RETRY_AFTER`].
     #[inline]
     pub(crate) fn left(self) -> u64 {
-        match self.0.get() & Self::LEFT_UNKNOWN {
-            Self::LEFT_UNKNOWN => NO_RETRY_AFTER,
+        match self.0.get() {
+            Self::FORCED_OPEN | Self::HALF_OPEN => NO_RETRY_AFTER,
             left => left,
         }
     }
@@ -611,10 +617,9 @@ impl Machine {
         loop {
             let w = self.load();
             let epoch = w.epoch();
-            let refusal = |state| Refusal::new(state, NO_RETRY_AFTER);
             match w.mode() {
                 DISABLED => return Ok(Ticket::new(epoch, 0)),
-                FORCED_OPEN => return Err(refusal(State::ForcedOpen)),
+                FORCED_OPEN => return Err(Refusal::forced_open()),
                 METRICS_ONLY => return Ok(Ticket::new(epoch, TICKET_DEFERRED)),
                 _ => {}
             }
@@ -622,14 +627,14 @@ impl Machine {
                 CLOSED => return Ok(Ticket::new(epoch, TICKET_JUDGED)),
                 OPEN => match self.open_elapsed(epoch, &now, obs) {
                     None => continue,
-                    Some(left) => return Err(Refusal::new(State::Open, left)),
+                    Some(left) => return Err(Refusal::open(left)),
                 },
                 _ => {
                     if self.max_wait_elapsed(w, &now, obs) {
                         continue;
                     }
                     if w.admitted() >= self.config.half_open.permits {
-                        return Err(refusal(State::HalfOpen));
+                        return Err(Refusal::half_open());
                     }
                     return Ok(Ticket::new(epoch, TICKET_DEFERRED));
                 }
@@ -1217,13 +1222,29 @@ mod tests {
 
     #[test]
     fn a_refusal_keeps_its_state_and_time_left_exactly() {
-        for state in State::ALL {
-            for left in [0, 1, 2, 20_000_000_000, (1 << 61) - 2, NO_RETRY_AFTER] {
-                let refusal = Refusal::new(state, left);
-                assert_eq!((refusal.state(), refusal.left()), (state, left));
-            }
-            // Past 73 years the time left is not known.
-            assert_eq!(Refusal::new(state, 1 << 61).left(), NO_RETRY_AFTER);
+        let huge = [
+            (1 << 61) - 1,
+            1 << 61,
+            u64::MAX - 1_234_567_891,
+            u64::MAX - 2,
+        ];
+        for left in [1, 2, 20_000_000_000, (1 << 61) - 2]
+            .into_iter()
+            .chain(huge)
+        {
+            let refusal = Refusal::open(left);
+            assert_eq!((refusal.state(), refusal.left()), (State::Open, left));
+        }
+        // Past 584 years, 584 years; never 0, never taken for another state.
+        for left in [u64::MAX - 1, u64::MAX] {
+            assert_eq!(Refusal::open(left).left(), u64::MAX - 2);
+        }
+        assert_eq!(Refusal::open(0).left(), 1);
+        for (refusal, state) in [
+            (Refusal::half_open(), State::HalfOpen),
+            (Refusal::forced_open(), State::ForcedOpen),
+        ] {
+            assert_eq!((refusal.state(), refusal.left()), (state, NO_RETRY_AFTER));
         }
     }
 
