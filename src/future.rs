@@ -101,9 +101,13 @@ fn failed<Res, E: Into<BoxError>, C: Classify<Res>>(
     call: &mut Option<InFlight>,
     classifier: &C,
 ) -> BoxError {
-    let call = taken(call);
     let error: BoxError = error.into();
-    call.finish(classifier.classify_error(&*error));
+    let outcome = classifier.classify_error(&*error);
+    // Taken just before it is finished: nothing that may unwind runs in
+    // between, so the record stays in registers. (Should the conversion or
+    // the classifier panic, the record stays in the future, whose drop
+    // counts the call as ignored, as before.)
+    taken(call).finish(outcome);
     error
 }
 
