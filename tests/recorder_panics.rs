@@ -1,6 +1,9 @@
 //! A recorder that panics while a call is finished: the breaker's judgment
 //! survives it (a probe's permit is given back).
 
+mod support;
+use support::{call_at_once, fails_when_asked, trips_at_once};
+
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +16,8 @@ use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_breaker::{Backoff, CircuitBreakerLayer, CircuitOpen, Clock, State};
+use tower::{Layer, Service, ServiceExt};
+use tower_breaker::{CircuitOpen, Clock, State};
 
 static ARMED: AtomicBool = AtomicBool::new(false);
 
@@ -60,29 +63,12 @@ fn a_recorder_panicking_on_a_probe_outcome_leaks_no_permit() {
     let recorder: &'static PanickyRecorder = Box::leak(Box::new(PanickyRecorder));
     metrics::with_local_recorder(recorder, || {
         let (clock, manual) = Clock::manual();
-        let layer = CircuitBreakerLayer::builder()
-            .name("edge-recorder-probe")
-            .consecutive_failures(1)
-            .half_open_permits(1)
+        let layer = trips_at_once("edge-recorder-probe", Duration::from_secs(1), clock)
             .max_concurrent_calls(1)
-            .open_duration(Backoff::fixed(Duration::from_secs(1)))
-            .clock(clock)
             .build()
             .unwrap();
-        let mut svc = layer.layer(service_fn(|fail: bool| async move {
-            if fail {
-                Err(std::io::Error::other("down"))
-            } else {
-                Ok(())
-            }
-        }));
-        let _ = svc
-            .ready()
-            .now_or_never()
-            .unwrap()
-            .unwrap()
-            .call(true)
-            .now_or_never();
+        let mut svc = layer.layer(fails_when_asked());
+        let _ = call_at_once(&mut svc, true);
         assert_eq!(layer.handle().state(), State::Open);
         manual.advance(Duration::from_secs(2));
         let ready = svc.ready().now_or_never().unwrap().unwrap();
@@ -101,14 +87,7 @@ fn a_recorder_panicking_on_a_probe_outcome_leaks_no_permit() {
             (State::HalfOpen, 0),
             "the probe's permit is still taken"
         );
-        let next = svc
-            .ready()
-            .now_or_never()
-            .unwrap()
-            .unwrap()
-            .call(false)
-            .now_or_never()
-            .unwrap();
+        let next = call_at_once(&mut svc, false);
         if let Err(e) = &next {
             panic!("wedged: {:?}", e.downcast_ref::<CircuitOpen>());
         }

@@ -3,6 +3,9 @@
 //! nanosecond; HalfOpen and ForcedOpen refusals; hooks that panic while a
 //! probe is finished (plain and streaming); a cancelled probe.
 
+mod support;
+use support::{call_at_once, fails_when_asked, trips_at_once};
+
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,7 +15,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
-use tower_breaker::{Backoff, CircuitBreakerLayer, CircuitOpen, Clock, State};
+use tower_breaker::{CircuitOpen, Clock, State};
 
 fn open_of(result: Result<(), BoxError>) -> CircuitOpen {
     result
@@ -32,28 +35,9 @@ fn cx() -> Context<'static> {
 fn long_open(name: &str, open_for: Duration) {
     let (clock, manual) = Clock::manual();
     manual.advance(Duration::from_nanos(1_234_567_891));
-    let layer = CircuitBreakerLayer::builder()
-        .name(name)
-        .consecutive_failures(1)
-        .open_duration(Backoff::fixed(open_for))
-        .clock(clock)
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(service_fn(|fail: bool| async move {
-        if fail {
-            Err(std::io::Error::other("down"))
-        } else {
-            Ok(())
-        }
-    }));
-    let _ = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call(true)
-        .now_or_never()
-        .unwrap();
+    let layer = trips_at_once(name, open_for, clock).build().unwrap();
+    let mut svc = layer.layer(fails_when_asked());
+    let _ = call_at_once(&mut svc, true);
     assert_eq!(layer.handle().state(), State::Open);
     let remaining = layer.handle().snapshot().open_remaining.expect("open");
 
@@ -104,27 +88,15 @@ fn retry_after_is_exact_to_the_nanosecond_on_both_paths() {
     {
         let (clock, manual) = Clock::manual();
         manual.advance(Duration::from_nanos(7));
-        let layer = CircuitBreakerLayer::builder()
-            .name(format!("edge-exact-{i}"))
-            .consecutive_failures(1)
-            .open_duration(Backoff::fixed(Duration::from_nanos(open_ns)))
-            .clock(clock)
-            .build()
-            .unwrap();
-        let mut svc = layer.layer(service_fn(|fail: bool| async move {
-            if fail {
-                Err(std::io::Error::other("down"))
-            } else {
-                Ok(())
-            }
-        }));
-        let _ = svc
-            .ready()
-            .now_or_never()
-            .unwrap()
-            .unwrap()
-            .call(true)
-            .now_or_never();
+        let layer = trips_at_once(
+            &format!("edge-exact-{i}"),
+            Duration::from_nanos(open_ns),
+            clock,
+        )
+        .build()
+        .unwrap();
+        let mut svc = layer.layer(fails_when_asked());
+        let _ = call_at_once(&mut svc, true);
         // Still open for every step below but the last.
         let step = if open_ns > 1 { open_ns / 2 } else { 0 };
         manual.advance(Duration::from_nanos(step));
@@ -145,12 +117,7 @@ fn retry_after_is_exact_to_the_nanosecond_on_both_paths() {
 #[test]
 fn half_open_and_forced_open_refusals_round_trip() {
     let (clock, manual) = Clock::manual();
-    let layer = CircuitBreakerLayer::builder()
-        .name("edge-states")
-        .consecutive_failures(1)
-        .half_open_permits(1)
-        .open_duration(Backoff::fixed(Duration::from_secs(1)))
-        .clock(clock)
+    let layer = trips_at_once("edge-states", Duration::from_secs(1), clock)
         .build()
         .unwrap();
     let mut svc = layer.layer(service_fn(|fail: bool| async move {
@@ -161,37 +128,15 @@ fn half_open_and_forced_open_refusals_round_trip() {
             Ok(())
         }
     }));
-    let _ = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call(true)
-        .now_or_never();
+    let _ = call_at_once(&mut svc, true);
     manual.advance(Duration::from_secs(2));
     let mut probe = Box::pin(svc.ready().now_or_never().unwrap().unwrap().call(false));
     assert!(probe.as_mut().poll(&mut cx()).is_pending());
     assert_eq!(layer.handle().state(), State::HalfOpen);
-    let kept = open_of(
-        svc.ready()
-            .now_or_never()
-            .unwrap()
-            .unwrap()
-            .call(false)
-            .now_or_never()
-            .unwrap(),
-    );
+    let kept = open_of(call_at_once(&mut svc, false));
     assert_eq!((kept.state(), kept.retry_after()), (State::HalfOpen, None));
     layer.handle().force_open();
-    let kept = open_of(
-        svc.ready()
-            .now_or_never()
-            .unwrap()
-            .unwrap()
-            .call(false)
-            .now_or_never()
-            .unwrap(),
-    );
+    let kept = open_of(call_at_once(&mut svc, false));
     assert_eq!(
         (kept.state(), kept.retry_after()),
         (State::ForcedOpen, None)
@@ -206,13 +151,8 @@ fn a_hook_panicking_on_close_gives_the_probe_slot_back_once() {
     let (clock, manual) = Clock::manual();
     let armed = Arc::new(AtomicBool::new(false));
     let a = armed.clone();
-    let layer = CircuitBreakerLayer::builder()
-        .name("edge-hook-close")
-        .consecutive_failures(1)
-        .half_open_permits(1)
+    let layer = trips_at_once("edge-hook-close", Duration::from_secs(1), clock)
         .max_concurrent_calls(1)
-        .open_duration(Backoff::fixed(Duration::from_secs(1)))
-        .clock(clock)
         .on_state_change(move |change| {
             if a.load(Ordering::SeqCst) && change.to == State::Closed {
                 panic!("hook panics on close");
@@ -232,13 +172,7 @@ fn a_hook_panicking_on_close_gives_the_probe_slot_back_once() {
             Ok(())
         }
     }));
-    let _ = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call(true)
-        .now_or_never();
+    let _ = call_at_once(&mut svc, true);
     assert_eq!(layer.handle().state(), State::Open);
     manual.advance(Duration::from_secs(2));
     armed.store(true, Ordering::SeqCst);
@@ -250,14 +184,7 @@ fn a_hook_panicking_on_close_gives_the_probe_slot_back_once() {
     assert_eq!(layer.handle().state(), State::Closed);
     // The one slot is free: two calls in a row pass.
     for _ in 0..2 {
-        let r = svc
-            .ready()
-            .now_or_never()
-            .unwrap()
-            .unwrap()
-            .call(false)
-            .now_or_never()
-            .unwrap();
+        let r = call_at_once(&mut svc, false);
         assert!(r.is_ok(), "{:?}", r.err());
     }
     // Held call: the limit of one still holds.
@@ -272,14 +199,7 @@ fn a_hook_panicking_on_close_gives_the_probe_slot_back_once() {
     }));
     let mut held = Box::pin(held_svc.ready().now_or_never().unwrap().unwrap().call(()));
     assert!(held.as_mut().poll(&mut cx()).is_pending());
-    let r = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call(false)
-        .now_or_never()
-        .unwrap();
+    let r = call_at_once(&mut svc, false);
     assert!(open_of(r).is_capacity());
 }
 
@@ -290,13 +210,8 @@ fn a_hook_panicking_on_reopen_leaks_neither_slot_nor_permit() {
     let (clock, manual) = Clock::manual();
     let armed = Arc::new(AtomicBool::new(false));
     let a = armed.clone();
-    let layer = CircuitBreakerLayer::builder()
-        .name("edge-hook-reopen")
-        .consecutive_failures(1)
-        .half_open_permits(1)
+    let layer = trips_at_once("edge-hook-reopen", Duration::from_secs(1), clock)
         .max_concurrent_calls(1)
-        .open_duration(Backoff::fixed(Duration::from_secs(1)))
-        .clock(clock)
         .on_state_change(move |change| {
             if a.load(Ordering::SeqCst) && change.from == State::HalfOpen {
                 panic!("hook panics on reopen");
@@ -304,20 +219,8 @@ fn a_hook_panicking_on_reopen_leaks_neither_slot_nor_permit() {
         })
         .build()
         .unwrap();
-    let mut svc = layer.layer(service_fn(|fail: bool| async move {
-        if fail {
-            Err(std::io::Error::other("down"))
-        } else {
-            Ok(())
-        }
-    }));
-    let _ = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call(true)
-        .now_or_never();
+    let mut svc = layer.layer(fails_when_asked());
+    let _ = call_at_once(&mut svc, true);
     manual.advance(Duration::from_secs(2));
     armed.store(true, Ordering::SeqCst);
     let mut probe = Box::pin(svc.ready().now_or_never().unwrap().unwrap().call(true));
@@ -329,14 +232,7 @@ fn a_hook_panicking_on_reopen_leaks_neither_slot_nor_permit() {
     let snap = layer.handle().snapshot();
     assert_eq!(snap.half_open_probes, 0);
     manual.advance(Duration::from_secs(10));
-    let r = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call(false)
-        .now_or_never()
-        .unwrap();
+    let r = call_at_once(&mut svc, false);
     assert!(r.is_ok(), "{:?}", r.err());
     assert_eq!(layer.handle().state(), State::Closed);
 }
@@ -345,13 +241,8 @@ fn a_hook_panicking_on_reopen_leaks_neither_slot_nor_permit() {
 #[test]
 fn a_cancelled_probe_gives_back_permit_and_slot() {
     let (clock, manual) = Clock::manual();
-    let layer = CircuitBreakerLayer::builder()
-        .name("edge-cancel")
-        .consecutive_failures(1)
-        .half_open_permits(1)
+    let layer = trips_at_once("edge-cancel", Duration::from_secs(1), clock)
         .max_concurrent_calls(1)
-        .open_duration(Backoff::fixed(Duration::from_secs(1)))
-        .clock(clock)
         .build()
         .unwrap();
     let hang = Arc::new(AtomicBool::new(true));
@@ -368,13 +259,7 @@ fn a_cancelled_probe_gives_back_permit_and_slot() {
             Ok(())
         }
     }));
-    let _ = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call(true)
-        .now_or_never();
+    let _ = call_at_once(&mut svc, true);
     manual.advance(Duration::from_secs(2));
     for _ in 0..3 {
         let mut probe = Box::pin(svc.ready().now_or_never().unwrap().unwrap().call(false));
@@ -385,14 +270,7 @@ fn a_cancelled_probe_gives_back_permit_and_slot() {
         assert_eq!(layer.handle().state(), State::HalfOpen);
     }
     hang.store(false, Ordering::SeqCst);
-    let r = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call(false)
-        .now_or_never()
-        .unwrap();
+    let r = call_at_once(&mut svc, false);
     assert!(r.is_ok());
     assert_eq!(layer.handle().state(), State::Closed);
 }
@@ -402,32 +280,18 @@ fn a_cancelled_probe_gives_back_permit_and_slot() {
 fn axum_retry_after_header_for_a_long_open_duration() {
     use axum_core::response::IntoResponse;
     let (clock, _manual) = Clock::manual();
-    let layer = CircuitBreakerLayer::builder()
-        .name("edge-axum-long")
-        .consecutive_failures(1)
-        .open_duration(Backoff::fixed(Duration::from_secs(100 * 365 * 86_400)))
-        .clock(clock)
-        .build()
-        .unwrap();
+    let layer = trips_at_once(
+        "edge-axum-long",
+        Duration::from_secs(100 * 365 * 86_400),
+        clock,
+    )
+    .build()
+    .unwrap();
     let mut svc = layer.layer(service_fn(|_: ()| async {
         Err::<(), _>(std::io::Error::other("down"))
     }));
-    let _ = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call(())
-        .now_or_never();
-    let open = open_of(
-        svc.ready()
-            .now_or_never()
-            .unwrap()
-            .unwrap()
-            .call(())
-            .now_or_never()
-            .unwrap(),
-    );
+    let _ = call_at_once(&mut svc, ());
+    let open = open_of(call_at_once(&mut svc, ()));
     let response = open.into_response();
     assert_eq!(
         response
@@ -453,13 +317,8 @@ fn a_streaming_probe_with_a_panicking_hook_gives_its_slot_back_once() {
     let (clock, manual) = Clock::manual();
     let armed = Arc::new(AtomicBool::new(false));
     let a = armed.clone();
-    let layer = CircuitBreakerLayer::builder()
-        .name("edge-grpc-probe-hook")
-        .consecutive_failures(1)
-        .half_open_permits(1)
+    let layer = trips_at_once("edge-grpc-probe-hook", Duration::from_secs(1), clock)
         .max_concurrent_calls(1)
-        .open_duration(Backoff::fixed(Duration::from_secs(1)))
-        .clock(clock)
         .classifier(GrpcClassifier::new())
         .on_state_change(move |change| {
             if a.load(Ordering::SeqCst) && change.to == State::Closed {
@@ -485,31 +344,14 @@ fn a_streaming_probe_with_a_panicking_hook_gives_its_slot_back_once() {
         async move { Ok::<_, std::convert::Infallible>(res) }
     }));
     // Trip: UNAVAILABLE.
-    let body = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call("14")
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .into_body();
+    let body = call_at_once(&mut svc, "14").unwrap().into_body();
     let mut body = Box::pin(body);
     while let Poll::Ready(Some(_)) = body.as_mut().poll_frame(&mut cx()) {}
     drop(body);
     assert_eq!(layer.handle().state(), State::Open);
     manual.advance(Duration::from_secs(2));
     // The probe streams.
-    let probe = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call("")
-        .now_or_never()
-        .unwrap()
-        .unwrap();
+    let probe = call_at_once(&mut svc, "").unwrap();
     let mut body = Box::pin(probe.into_body());
     let tx = senders.lock().unwrap().last().unwrap().clone();
     tx.unbounded_send(Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]))))
@@ -528,35 +370,14 @@ fn a_streaming_probe_with_a_panicking_hook_gives_its_slot_back_once() {
     while let Poll::Ready(Some(_)) = body.as_mut().poll_frame(&mut cx()) {}
     drop(body);
     // One slot: a held stream takes it, the next call is refused for it.
-    let held = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call("")
-        .now_or_never()
-        .unwrap();
+    let held = call_at_once(&mut svc, "");
     let held = held.expect("a slot is free");
-    let r = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call("")
-        .now_or_never()
-        .unwrap();
+    let r = call_at_once(&mut svc, "");
     match r {
         Err(e) => assert!(e.downcast_ref::<CircuitOpen>().unwrap().is_capacity()),
         Ok(_) => panic!("two slots: the probe's slot came back twice"),
     }
     drop(held);
-    let again = svc
-        .ready()
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .call("")
-        .now_or_never()
-        .unwrap();
+    let again = call_at_once(&mut svc, "");
     assert!(again.is_ok(), "the held stream's slot came back");
 }

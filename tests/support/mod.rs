@@ -112,3 +112,52 @@ impl Transitions {
             .expect("a transition")
     }
 }
+
+/// One call on a service that is ready and answers at once, with no
+/// runtime: `poll_ready`, then `call`, each polled once.
+pub fn call_at_once<S, R>(svc: &mut S, req: R) -> Result<S::Response, S::Error>
+where
+    S: Service<R>,
+    S::Error: std::fmt::Debug,
+{
+    use futures::FutureExt;
+    svc.ready()
+        .now_or_never()
+        .expect("ready at once")
+        .expect("ready")
+        .call(req)
+        .now_or_never()
+        .expect("answered at once")
+}
+
+/// A breaker that trips on one failure, stays open `open_for`, then lets
+/// one probe through, timed by `clock`.
+pub fn trips_at_once(
+    name: &str,
+    open_for: Duration,
+    clock: tower_breaker::Clock,
+) -> tower_breaker::Builder {
+    tower_breaker::CircuitBreakerLayer::builder()
+        .name(name)
+        .consecutive_failures(1)
+        .half_open_permits(1)
+        .open_duration(tower_breaker::Backoff::fixed(open_for))
+        .clock(clock)
+}
+
+/// An upstream that answers at once: fails when the request says so
+/// (`true`), succeeds otherwise.
+pub fn fails_when_asked() -> impl Service<
+    bool,
+    Response = (),
+    Error = io::Error,
+    Future = std::future::Ready<Result<(), io::Error>>,
+> + Clone {
+    tower::service_fn(|fail: bool| {
+        std::future::ready(if fail {
+            Err(io::Error::other("down"))
+        } else {
+            Ok(())
+        })
+    })
+}
