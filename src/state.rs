@@ -410,11 +410,11 @@ impl Refusal {
     /// The longest time left an Open refusal holds (nanoseconds).
     const MAX_LEFT: u64 = u64::MAX - 2;
 
-    /// Open, with `left` nanoseconds to go.
+    /// Open, with `left` nanoseconds to go (a 0, which `open_elapsed`
+    /// never gives, is taken as 1).
     #[inline]
     pub(crate) fn open(left: u64) -> Self {
-        let left = left.clamp(1, Self::MAX_LEFT);
-        Refusal(NonZeroU64::new(left).unwrap_or(NonZeroU64::MIN))
+        Refusal(NonZeroU64::new(left.min(Self::MAX_LEFT)).unwrap_or(NonZeroU64::MIN))
     }
 
     /// HalfOpen, every probe permit taken.
